@@ -1,0 +1,1 @@
+"""localrules: a JAX laboratory for local learning rules."""

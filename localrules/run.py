@@ -1,0 +1,301 @@
+"""Run one configuration: build the pure program, train in jitted vmapped chunks, evaluate, checkpoint, log.
+
+``execute(cfg, run_dir)`` is resumable: after every chunk it saves an orbax checkpoint of the vmapped
+:class:`~localrules.train.TrainState` plus the history so far; started again on the same directory it restores the
+latest checkpoint and continues, and since batches depend only on (seed, t) the result is identical to an
+uninterrupted run. The returned record is what ``results.jsonl`` stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from localrules import core, cost, tb
+from localrules import architectures
+from localrules import rules as rules_registry
+from localrules import tasks as tasks_registry
+from localrules.config import RunConfig, make_optimizer
+from localrules.train import make_program
+
+
+class Built(NamedTuple):
+    task: core.Task
+    arch: Any
+    rule: core.Rule
+    opt: Any
+    program: Any
+    total_steps: int
+    chunk_steps: int
+    rule_name: str
+    task_name: str
+    arch_name: str
+
+
+def build(cfg: RunConfig) -> Built:
+    """Resolve a config into the pure program; every invalid value raises ValueError naming the fix."""
+    if cfg.batch_size <= 0:
+        raise ValueError(f"batch_size={cfg.batch_size}: must be a positive integer")
+    if cfg.seeds <= 0:
+        raise ValueError(f"seeds={cfg.seeds}: must be ≥ 1")
+    task_spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
+    rule_spec = rules_registry.RULES[rules_registry.name_of(cfg.rule)]
+    task = task_spec.make(cfg.task, cfg.batch_size)
+    arch = architectures.build(cfg.arch, task.input_shape, task.heads.total)
+    rule = rule_spec.make(cfg.rule, arch, task.heads)
+    if cfg.epochs > 0:
+        if not task.steps_per_epoch:
+            raise ValueError(f"epochs={cfg.epochs}: task {task.name!r} is a stream without epochs; use samples=N")
+        total = int(round(cfg.epochs * task.steps_per_epoch))
+    else:
+        if cfg.samples < cfg.batch_size:
+            raise ValueError(f"samples={cfg.samples} is less than one batch ({cfg.batch_size}); raise samples")
+        total = cfg.samples // cfg.batch_size
+    spe = task.steps_per_epoch
+    make_opt = lambda ocfg=None: make_optimizer(ocfg or cfg.optimizer, total, spe)  # noqa: E731
+    opt = rule_spec.optimizer(cfg.rule, arch, make_opt) if getattr(rule_spec, "optimizer", None) else make_opt()
+    chunk = cfg.eval_every if cfg.eval_every > 0 else max(1, -(-total // 10))
+    if spe:
+        chunk = min(chunk, spe)  # a chunk spans at most one epoch boundary (see Task.context)
+    chunk = min(chunk, total)
+    program = make_program(rule, opt, arch, task)
+    return Built(task, arch, rule, opt, program, total, chunk, rule_spec.name, task_spec.name, arch.name)
+
+
+def git_revision() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def config_dict(cfg) -> dict:
+    """A JSON-ready view of a config, with the registry name of every rule/arch/task sub-config."""
+
+    def conv(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            d = {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+            for reg in (rules_registry.name_of, tasks_registry.name_of, _arch_name):
+                try:
+                    d = {"_name": reg(x), **d}
+                    break
+                except TypeError:
+                    pass
+            return d
+        if isinstance(x, tuple):
+            return [conv(v) for v in x]
+        return x
+
+    return conv(cfg)
+
+
+def _arch_name(cfg) -> str:
+    for s in architectures.ARCHS.values():
+        if type(cfg) is s.config:
+            return s.name
+    raise TypeError
+
+
+class Checkpointer:
+    """orbax checkpoints of (vmapped TrainState, history) in ``<run_dir>/ckpt``; writes are atomic (orbax writes
+    to a temporary directory and renames), so a kill during a save leaves the previous checkpoint loadable."""
+
+    def __init__(self, directory: str, config_json: dict):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.config_json = config_json
+        self.mgr = ocp.CheckpointManager(os.path.abspath(directory),
+                                         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                                                              enable_async_checkpointing=False))
+
+    def latest(self):
+        return self.mgr.latest_step()
+
+    def restore(self, template):
+        ocp = self.ocp
+        step = self.mgr.latest_step()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        got = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             meta=ocp.args.JsonRestore()))
+        meta = got["meta"]
+        if meta.get("config") != self.config_json:
+            raise RuntimeError(f"checkpoint in {self.mgr.directory} was written by another configuration; "
+                               "delete that run directory or use another sweep name")
+        return got["state"], meta["history"]
+
+    def save(self, step: int, state, history):
+        ocp = self.ocp
+        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave({"config": self.config_json,
+                                                                            "history": history})), force=True)
+        self.mgr.wait_until_finished()
+
+    def close(self):
+        self.mgr.close()
+
+
+def _fmt_eta(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
+    """Train ``cfg`` (all seeds at once) in ``run_dir``; resume from its checkpoint if one exists."""
+    t_start = time.time()
+    b = build(cfg)
+    cfg_json = config_dict(cfg)
+    seeds = jnp.arange(cfg.seed, cfg.seed + cfg.seeds, dtype=jnp.int32)
+    data = b.task.data
+    test = b.task.test
+    init = jax.jit(jax.vmap(b.program.init))
+    chunk_fn = jax.jit(jax.vmap(b.program.chunk, in_axes=(0, None, 0, None)), static_argnums=3, donate_argnums=0)
+    eval_fn = jax.jit(jax.vmap(b.program.evaluate, in_axes=(0, None)))
+
+    state = init(seeds)
+    history: list[dict] = []
+    ckpt = Checkpointer(os.path.join(run_dir, "ckpt"), cfg_json) if cfg.checkpoint else None
+    resumed_from = None
+    if ckpt is not None and ckpt.latest() is not None:
+        state, history = ckpt.restore(state)
+        resumed_from = int(np.asarray(state.step)[0])
+        log(f"  resuming {run_id} from step {resumed_from}")
+
+    writers = [tb.Writer(os.path.join(run_dir, f"seed{int(s)}")) for s in np.asarray(seeds)]
+    hp_values = _hparams(cfg, b)
+    for w, s in zip(writers, np.asarray(seeds)):
+        if resumed_from is None:
+            tb.session_start(w, {**hp_values, "seed": int(s)}, trial_id=f"{run_id}/seed{int(s)}")
+        else:
+            w.purge_after(resumed_from)
+
+    # Compute accounting first (one seed, one step, compiled ahead of time): FLOPs feed the curves.
+    c = cost.step_cost(b.program, int(cfg.seed), data, repeats=cfg.timing_steps)
+    flops_per_step = c["flops"]
+
+    if resumed_from is None:
+        ev = eval_fn(state, test)
+        history.append(_history_row(0, 0, ev, {}, flops_per_step))
+        _log_tb(writers, history[-1], ev, {}, 0, flops_per_step, b.task)
+
+    step = int(np.asarray(state.step)[0])
+    t_loop = time.time()
+    done_at_start = step
+    compile_chunk_s = None
+    while step < b.total_steps:
+        n = min(b.chunk_steps, b.total_steps - step)
+        s0 = time.time()
+        state, metrics = chunk_fn(state, data, seeds, n)
+        ev = eval_fn(state, test)
+        ev = jax.device_get(ev)
+        metrics = jax.device_get(metrics)
+        if compile_chunk_s is None:
+            compile_chunk_s = time.time() - s0
+        step += n
+        history.append(_history_row(step, step * cfg.batch_size, ev, metrics, flops_per_step))
+        _log_tb(writers, history[-1], ev, metrics, step, flops_per_step, b.task)
+        if ckpt is not None:
+            ckpt.save(step, state, history)
+        if cfg.progress:
+            el = time.time() - t_loop
+            rate = (step - done_at_start) * cfg.batch_size * cfg.seeds / max(el, 1e-9)
+            eta = (b.total_steps - step) * cfg.batch_size * cfg.seeds / max(rate, 1e-9)
+            acc = np.asarray(ev["acc"])
+            log(f"  {run_id}  step {step}/{b.total_steps}  test acc {acc.mean():.4f}"
+                f"  {rate:,.0f} samples/s  ETA {_fmt_eta(eta)}")
+    if ckpt is not None:
+        ckpt.close()
+
+    final = jax.device_get(eval_fn(state, test))
+    diverged_at = np.asarray(state.diverged_at).tolist()
+    n_div = sum(d >= 0 for d in diverged_at)
+    status = "ok" if n_div == 0 else ("diverged" if n_div == len(diverged_at) else "partly_diverged")
+    for w in writers:
+        tb.session_end(w, "ok" if status == "ok" else "diverged")
+        w.close()
+
+    acc = np.asarray(final["acc"], dtype=float)
+    ok = np.asarray(diverged_at) < 0
+    record = {
+        "run_id": run_id,
+        "sweep": cfg.name,
+        "rule": b.rule_name,
+        "task": b.task_name,
+        "task_instance": b.task.name,
+        "arch": b.arch_name,
+        "seeds": np.asarray(seeds).tolist(),
+        "status": status,
+        "diverged_at": diverged_at,
+        "final": {k: np.asarray(v, dtype=float).tolist() for k, v in final.items()},
+        "acc_mean": float(acc[ok].mean()) if ok.any() else float("nan"),
+        "acc_sd": float(acc[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
+        "steps": b.total_steps,
+        "samples": b.total_steps * cfg.batch_size,
+        "compute": {
+            "flops_per_step": flops_per_step,
+            "flops_per_sample": flops_per_step / cfg.batch_size,
+            "train_flops": flops_per_step * b.total_steps,
+            "bytes_per_step": c["bytes"],
+            "peak_bytes_step": c.get("peak_bytes"),
+            "compile_step_s": c["compile_s"],
+            "compile_chunk_s": compile_chunk_s,
+            "step_ms_median": c.get("step_ms"),
+            "gflops_achieved": c.get("gflops"),
+        },
+        "wall_s": time.time() - t_start,
+        "resumed_from": resumed_from,
+        "history": history,
+        "config": cfg_json,
+        "platform": cost.platform(),
+        "versions": cost.versions(),
+        "git": git_revision(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+    return cost.to_builtin(record)
+
+
+def _hparams(cfg: RunConfig, b: Built) -> dict:
+    o = cfg.optimizer
+    return {"rule": b.rule_name, "task": b.task_name, "arch": b.arch_name, "optimizer": o.name, "lr": o.lr,
+            "batch_size": cfg.batch_size}
+
+
+def _history_row(step, samples, ev, metrics, flops_per_step) -> dict:
+    row = {"step": int(step), "samples": int(samples), "train_flops": float(flops_per_step * step)}
+    row.update({f"test/{k}": np.asarray(v, dtype=float).tolist() for k, v in ev.items()})
+    row.update({f"train/{k}": np.asarray(v, dtype=float).tolist() for k, v in metrics.items()})
+    return row
+
+
+def _log_tb(writers, row, ev, metrics, step, flops_per_step, task):
+    for i, w in enumerate(writers):
+        vals = {}
+        for k, v in ev.items():
+            v = np.asarray(v)
+            vals["test/accuracy" if k == "acc" else f"test/{k}"] = float(v[i] if v.ndim else v)
+        for k, v in metrics.items():
+            v = np.asarray(v)
+            vals[f"train/{k}"] = float(v[i] if v.ndim else v)
+        vals["compute/gflop_per_step"] = flops_per_step / 1e9
+        vals["compute/train_gflop"] = flops_per_step * step / 1e9
+        w.scalars(vals, step)
+        # accuracy against compute: x axis = training MFLOP (TensorBoard steps are integers)
+        w.scalar("test/accuracy_vs_gflop", vals["test/accuracy"], int(flops_per_step * step / 1e6))
+        w.flush()

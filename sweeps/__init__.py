@@ -1,0 +1,1 @@
+"""Sweep and paper-table presets (TOML). ``sweep=<name>`` finds them here."""
