@@ -141,9 +141,18 @@ class Rule(NamedTuple):
 class RuleSpec:
     """What a rule module exports as ``RULE``: its CLI name, its config class and its factory.
 
-    ``make(cfg, arch, heads) -> Rule``. ``aliases`` are extra CLI names.
-    ``optimizer(cfg, opt_cfg) -> optax.GradientTransformation | None`` may return the optimizer the rule's paper
-    prescribes when the run's optimizer config is left at its default (``None`` → use the run's optimizer).
+    Attributes:
+      name: CLI name, equal to the module's name.
+      config: frozen dataclass of the rule's hyper-parameters (paper defaults, attribute docstrings).
+      make: ``make(cfg, arch, heads) -> Rule``.
+      aliases: extra CLI names.
+      doc: one line for ``--help``.
+      optimizer: optional ``optimizer(cfg, arch, make_opt) -> optax.GradientTransformation`` for rules that need
+        more than the run's optimizer (per-layer optimizers of a composition); ``make_opt(opt_cfg=None)`` builds
+        an optimizer from an :class:`~localrules.config.OptimizerConfig` (``None`` = the run's).
+      cost_config: optional ``cost_config(cfg) -> cfg`` giving the config whose compiled step is *counted* (e.g.
+        predictive coding with its inference loop unrolled, since XLA counts a loop body once). The trained
+        program is unchanged; both configs must compute the same update.
     """
 
     name: str
@@ -151,6 +160,8 @@ class RuleSpec:
     make: Callable[..., Rule]
     aliases: tuple[str, ...] = ()
     doc: str = ""
+    optimizer: Callable | None = None
+    cost_config: Callable | None = None
 
 
 class ComposeState(NamedTuple):

@@ -35,6 +35,8 @@ class Built(NamedTuple):
     rule: core.Rule
     opt: Any
     program: Any
+    counted: Any
+    """The program whose compiled step is counted (differs from ``program`` only if the rule has cost_config)."""
     total_steps: int
     chunk_steps: int
     rule_name: str
@@ -63,13 +65,16 @@ def build(cfg: RunConfig) -> Built:
         total = cfg.samples // cfg.batch_size
     spe = task.steps_per_epoch
     make_opt = lambda ocfg=None: make_optimizer(ocfg or cfg.optimizer, total, spe)  # noqa: E731
-    opt = rule_spec.optimizer(cfg.rule, arch, make_opt) if getattr(rule_spec, "optimizer", None) else make_opt()
+    opt = rule_spec.optimizer(cfg.rule, arch, make_opt) if rule_spec.optimizer else make_opt()
     chunk = cfg.eval_every if cfg.eval_every > 0 else max(1, -(-total // 10))
     if spe:
         chunk = min(chunk, spe)  # a chunk spans at most one epoch boundary (see Task.context)
     chunk = min(chunk, total)
     program = make_program(rule, opt, arch, task)
-    return Built(task, arch, rule, opt, program, total, chunk, rule_spec.name, task_spec.name, arch.name)
+    counted = program
+    if rule_spec.cost_config is not None:
+        counted = make_program(rule_spec.make(rule_spec.cost_config(cfg.rule), arch, task.heads), opt, arch, task)
+    return Built(task, arch, rule, opt, program, counted, total, chunk, rule_spec.name, task_spec.name, arch.name)
 
 
 def git_revision() -> str | None:
@@ -187,6 +192,10 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
 
     # Compute accounting first (one seed, one step, compiled ahead of time): FLOPs feed the curves.
     c = cost.step_cost(b.program, int(cfg.seed), data, repeats=cfg.timing_steps)
+    if b.counted is not b.program:  # the counted twin (unrolled inner loops) supplies FLOPs, bytes, memory
+        counted = cost.step_cost(b.counted, int(cfg.seed), data, repeats=0)
+        c.update({k: counted[k] for k in ("flops", "bytes", "peak_bytes") if k in counted})
+        c["gflops"] = c["flops"] / (c["step_ms"] * 1e-3) / 1e9 if c.get("step_ms") else None
     flops_per_step = c["flops"]
 
     if resumed_from is None:

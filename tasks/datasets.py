@@ -6,19 +6,21 @@ family, 3 for CIFAR and STL-10), ``labels`` int32 ``(N,)``, both read-only and c
 
 Lookup order (the first place that has a complete, valid copy wins):
 
-1. ``data_dir=`` if given, else ``$LOCALRULES_DATA_DIR``: files as ``<dir>/<dataset>/<file>`` (``<dataset>`` is
-   any name in ``DATASETS[name].dirnames``, e.g. ``mnist``, ``fashion-mnist``, ``FashionMNIST/raw``) or, for the
-   archives and extracted folders, directly in ``<dir>``. IDX files may be gzipped or decompressed (detected
-   from the content, not the suffix). These files are checked for format only (magic, dimensions, byte counts),
-   so re-compressed or hand-made copies work; a file whose hash identifies it as a *different* dataset's or
-   split's file is refused.
+1. ``data_dir=`` if given, else ``$LOCALRULES_DATA_DIR`` (several dirs may be joined with ``os.pathsep``):
+   files as ``<dir>/<dataset>/<file>`` (``<dataset>`` any of ``DATASETS[name].dirnames``, e.g. ``mnist``,
+   ``fashion-mnist``, ``FashionMNIST/raw``) or directly in ``<dir>`` (IDX files, archives, extracted folders;
+   loose CIFAR/STL batch files only under ``<dir>/<dataset>/``). IDX files may be gzipped or decompressed
+   (detected from the content, not the suffix). These files are checked for format only (magic, dimensions,
+   byte counts), so re-compressed or hand-made copies work; a file whose sha256 identifies it as a *different*
+   dataset's or split's file (MNIST and Fashion-MNIST share file names) is refused.
 2. System copies recognised by the sha256 of the **decompressed payload**: Debian's ``dataset-fashion-mnist``
    in ``/usr/share/datasets/fashion-mnist`` (Debian rewrote the gzip headers, so only payload hashes match).
    A lookalike whose payload hash differs is ignored.
 3. The download cache ``$LOCALRULES_CACHE_DIR`` or ``pooch.os_cache("localrules")``, ``<cache>/<dataset>/``,
    accepted only when the archive hash matches.
 4. Download with pooch from the canonical mirrors in order, verified by archive hash (pooch writes to a temporary
-   file and renames it, so no partial file is ever left). Disabled by ``LOCALRULES_OFFLINE=1`` or ``download=False``.
+   file and renames it, so no partial file is ever left; STL-10 members are extracted the same way, into
+   ``<cache>/stl10/extracted/``). Disabled by ``LOCALRULES_OFFLINE=1`` or ``download=False``.
 
 To provide files offline, put the distributed files (names in ``DATASETS[name].files``; URLs alongside) in
 ``$LOCALRULES_DATA_DIR/<dataset>/`` and set ``LOCALRULES_OFFLINE=1``:
@@ -29,8 +31,8 @@ To provide files offline, put the distributed files (names in ``DATASETS[name].f
 * STL-10: ``stl10_binary.tar.gz`` or ``stl10_binary/`` with ``{train,test}_{X,y}.bin``, ``unlabeled_X.bin``.
 
 Hash provenance: archive md5s as in torchvision, archive sha256s as in TFDS, the MNIST ``.npz`` sha256 as in Keras,
-Fashion-MNIST payload sha256s measured on the upstream files and Debian's copy; all of these are the table of
-DESIGN.md section 10. KMNIST (not in DESIGN.md) uses torchvision's md5s and the sha256s of torchvision's dataset
+Fashion-MNIST payload sha256s (checked against Debian's copy); all of these are the table of DESIGN.md
+section 10. The binary CIFAR archives and ``mnist.npz`` are accepted when present but never downloaded. KMNIST (not in DESIGN.md) uses torchvision's md5s and the sha256s of torchvision's dataset
 prototypes. Payload hashes are given only where known (Fashion-MNIST); none is invented.
 
 Formats: IDX (big-endian header ``00 00 08 ndim``, dims, then bytes); CIFAR python pickles (``data_batch_1..5``,
@@ -50,6 +52,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tarfile
 import tempfile
 import zlib
@@ -855,9 +858,10 @@ def _source_from_downloads(spec: DatasetSpec, split: str, paths: list[Path], ori
 
 
 def _extraction_dir(archive: Path) -> Path:
+    """``<cache>/stl10/extracted/<hash of the archive's path>/<size>-<mtime>/``: a changed archive gets a new one."""
     st = archive.stat()
-    tag = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "stl10" / "extracted" / tag
+    tag = hashlib.sha1(str(archive.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "stl10" / "extracted" / tag / f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def _find_extracted(spec: DatasetSpec, split: str, archive: Path) -> tuple[Path, ...] | None:
@@ -880,6 +884,9 @@ def _extract_members(spec: DatasetSpec, archive: Path, folder: str, names: tuple
     if not todo:
         return tuple(targets[n] for n in names)
     advice = _advice(spec, archive)
+    for stale in out.parent.glob("*-*"):  # members of an older version of this archive: free the disk
+        if stale != out and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -933,12 +940,12 @@ def _download(spec: DatasetSpec, split: str, folder: Path) -> Source:
             raise DatasetError(
                 f"could not download {spec.title}'s {fs.name} (every mirror failed):\n  "
                 + "\n  ".join(errors)
-                + f"\n{_how_to_provide(spec, split)}"
+                + f"\n{_how_to_provide(spec, split, downloads_disabled=False)}"
             )
     return _source_from_downloads(spec, split, paths, "download")
 
 
-def _how_to_provide(spec: DatasetSpec, split: str) -> str:
+def _how_to_provide(spec: DatasetSpec, split: str, downloads_disabled: bool = True) -> str:
     if spec.format == "idx":
         files = _needed_files(spec, split)
         what = "these files (gzipped or decompressed)"
@@ -949,7 +956,10 @@ def _how_to_provide(spec: DatasetSpec, split: str) -> str:
     lines = [f"To provide {spec.title} offline, put {what} in ${ENV_DATA_DIR}/{spec.dirnames[0]}/ "
              f"(or pass data_dir=...):"]
     lines += [f"  {f.name}  <- {' or '.join(f.urls)}" for f in files]
-    lines.append(f"or allow downloads (unset {ENV_OFFLINE}) to fetch them, hash-verified, into the cache.")
+    if downloads_disabled:
+        lines.append(f"or allow downloads (unset {ENV_OFFLINE}) to fetch them, hash-verified, into the cache.")
+    else:
+        lines.append(f"(set {ENV_OFFLINE}=1 to stop localrules trying to download them).")
     return "\n".join(lines)
 
 

@@ -80,7 +80,8 @@ def make_dataset_task(dataset: str, cfg: Config, batch_size: int) -> core.Task:
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     def prep(x):
-        return (x.astype(jnp.float32) / 255.0 - mean) / std
+        return (x.astype(jnp.float32) / 255.0 - mean.reshape((1,) * (x.ndim - 1) + (-1,))) / std.reshape(
+            (1,) * (x.ndim - 1) + (-1,))
 
     head, k = HEADS[dataset]
     heads = core.single_head(head, k)
