@@ -178,6 +178,10 @@ def _set(cfg: Any, path: list[str], raw: Any, full_key: str) -> Any:
     cur = getattr(cfg, name)
     here = full_key[: len(full_key) - len(".".join(path)) + len(name)]
     if len(path) > 1:
+        if cur is None:  # an unset Optional[<dataclass>] group: setting one of its fields creates it
+            cls = _optional_dataclass(_hints(type(cfg)).get(name))
+            if cls is not None:
+                cur = cls()
         if not (dataclasses.is_dataclass(cur) and not isinstance(cur, type)):
             raise CLIError(f"{full_key}: {here} is a value, not a group; set it as {here}=...")
         return dataclasses.replace(cfg, **{name: _set(cur, path[1:], raw, full_key)})
@@ -199,6 +203,13 @@ def _set(cfg: Any, path: list[str], raw: Any, full_key: str) -> Any:
         raise CLIError(f"{full_key}: {here} is a group of settings; set its fields as {here}.<field>=...")
     tp = _hints(type(cfg)).get(name, Any)
     return dataclasses.replace(cfg, **{name: coerce(raw, tp, full_key)})
+
+
+def _optional_dataclass(tp) -> type | None:
+    for a in typing.get_args(tp) or ():
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
 
 
 def _is_primary(field: str, name: str) -> bool:
