@@ -73,7 +73,15 @@ class Arch(NamedTuple):
         keys = jax.random.split(key, len(self.layers))
         return tuple(l.init(k) for l, k in zip(self.layers, keys))
 
+    def check_input(self, x):
+        """Static check (free under jit): the batch's example shape must be the one the arch was built for."""
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"architecture {self.name} was built for inputs of shape {tuple(self.input_shape)} "
+                             f"but got a batch of shape {tuple(x.shape)}; build the architecture for this task's "
+                             "input_shape (localrules.run.build does)")
+
     def trace(self, params, x):
+        self.check_input(x)
         ios = []
         for l, p in zip(self.layers, params):
             pre, y = l.apply(p, x)
@@ -82,6 +90,7 @@ class Arch(NamedTuple):
         return x, tuple(ios)
 
     def apply(self, params, x):
+        self.check_input(x)
         for l, p in zip(self.layers, params):
             x = l.apply(p, x)[1]
         return x

@@ -253,9 +253,23 @@ def apply_overrides(cfg: Any, items: list[tuple[str, Any]]) -> Any:
 
     choice_items = sorted([kv for kv in items if is_choice(kv[0])], key=lambda kv: kv[0].count("."))
     other = [kv for kv in items if not is_choice(kv[0])]
-    for k, v in choice_items + other:
+    for k, v in choice_items:
+        cfg = _set(cfg, k.split("."), v, k)
+    cfg = _rule_default_arch(cfg, chose_rule=any(k == "rule" for k, _ in choice_items),
+                             chose_arch=any(k == "arch" for k, _ in choice_items))
+    for k, v in other:
         cfg = _set(cfg, k.split("."), v, k)
     return cfg
+
+
+def _rule_default_arch(cfg: Any, chose_rule: bool, chose_arch: bool) -> Any:
+    """A rule chosen without ``arch=`` brings its own default architecture, if its RuleSpec names one."""
+    if not chose_rule or chose_arch or not {"rule", "arch"} <= {f.name for f in dataclasses.fields(cfg)}:
+        return cfg
+    spec = rules_registry.RULES[rules_registry.name_of(cfg.rule)]
+    if spec.default_arch is None:
+        return cfg
+    return dataclasses.replace(cfg, arch=spec.default_arch())
 
 
 def render_help(cfg: Any, title: str) -> str:

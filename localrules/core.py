@@ -150,6 +150,7 @@ class RuleSpec:
       optimizer: optional ``optimizer(cfg, arch, make_opt) -> optax.GradientTransformation`` for rules that need
         more than the run's optimizer (per-layer optimizers of a composition); ``make_opt(opt_cfg=None)`` builds
         an optimizer from an :class:`~localrules.config.OptimizerConfig` (``None`` = the run's).
+      default_arch: optional; see the attribute.
       cost_config: optional ``cost_config(cfg) -> cfg`` giving the config whose compiled step is *counted* (e.g.
         predictive coding with its inference loop unrolled, since XLA counts a loop body once). The trained
         program is unchanged; both configs must compute the same update.
@@ -162,6 +163,9 @@ class RuleSpec:
     doc: str = ""
     optimizer: Callable | None = None
     cost_config: Callable | None = None
+    default_arch: Callable | None = None
+    """``default_arch() -> arch config`` used when a command line chooses this rule but names no ``arch=``
+    (Forward-Forward's label-input MLP, SoftHebb's block CNN)."""
 
 
 class ComposeState(NamedTuple):

@@ -236,6 +236,9 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
     n_div = sum(d >= 0 for d in diverged_at)
     status = "ok" if n_div == 0 else ("diverged" if n_div == len(diverged_at) else "partly_diverged")
     for w in writers:
+        end = {"time/step_ms": c.get("step_ms") or 0.0, "mem/peak_mb": (c.get("peak_bytes") or 0.0) / 2**20,
+               "compute/gflop_per_step": flops_per_step / 1e9}
+        w.scalars(end, b.total_steps)
         tb.session_end(w, "ok" if status == "ok" else "diverged")
         w.close()
 
@@ -245,6 +248,7 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         "run_id": run_id,
         "sweep": cfg.name,
         "rule": b.rule_name,
+        "rule_label": rule_label(cfg.rule),
         "task": b.task_name,
         "task_instance": b.task.name,
         "arch": b.arch_name,
@@ -280,9 +284,17 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
     return cost.to_builtin(record)
 
 
+def rule_label(rule_cfg) -> str:
+    """``backprop``; for compositions ``compose(<hidden>+<head>)``, so tables say what was composed."""
+    name = rules_registry.name_of(rule_cfg)
+    if name == "compose":
+        return f"compose({rules_registry.name_of(rule_cfg.hidden_rule)}+{rules_registry.name_of(rule_cfg.head_rule)})"
+    return name
+
+
 def _hparams(cfg: RunConfig, b: Built) -> dict:
     o = cfg.optimizer
-    return {"rule": b.rule_name, "task": b.task_name, "arch": b.arch_name, "optimizer": o.name, "lr": o.lr,
+    return {"rule": rule_label(cfg.rule), "task": b.task_name, "arch": b.arch_name, "optimizer": o.name, "lr": o.lr,
             "batch_size": cfg.batch_size}
 
 
@@ -306,5 +318,5 @@ def _log_tb(writers, row, ev, metrics, step, flops_per_step, task):
         vals["compute/train_gflop"] = flops_per_step * step / 1e9
         w.scalars(vals, step)
         # accuracy against compute: x axis = training MFLOP (TensorBoard steps are integers)
-        w.scalar("test/accuracy_vs_gflop", vals["test/accuracy"], int(flops_per_step * step / 1e6))
+        w.scalar("test/accuracy_vs_mflop", vals["test/accuracy"], int(flops_per_step * step / 1e6))
         w.flush()

@@ -218,7 +218,7 @@ def table(records: list[dict]) -> str:
         c = r.get("compute", {})
         acc = r.get("acc_mean", float("nan"))
         sd = r.get("acc_sd", 0.0)
-        rows.append([r["rule"], r.get("task_instance", r["task"]), r["arch"], str(len(r["seeds"])),
+        rows.append([r.get("rule_label", r["rule"]), r.get("task_instance", r["task"]), r["arch"], str(len(r["seeds"])),
                      f"{acc:.4f} ± {sd:.4f}", r["status"] + (f"@{min(d for d in r['diverged_at'] if d >= 0)}"
                                                               if r["status"] != "ok" and r.get("diverged_at") else ""),
                      f"{c.get('flops_per_sample', 0) / 1e6:.3f}",
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_all(cfgs: list[RunConfig], sweep_dir: str) -> int:
     from localrules import tb
-    from localrules.run import build, config_dict, execute
+    from localrules.run import build, config_dict, execute, rule_label
 
     results_path = os.path.join(sweep_dir, "results.jsonl")
     repair_results(results_path)
@@ -285,7 +285,7 @@ def _run_all(cfgs: list[RunConfig], sweep_dir: str) -> int:
                                   "seed": []}
     for c in cfgs:
         d = config_dict(c)
-        hp_values["rule"].append(d["rule"]["_name"])
+        hp_values["rule"].append(rule_label(c.rule))
         hp_values["task"].append(d["task"]["_name"])
         hp_values["arch"].append(d["arch"]["_name"])
         hp_values["lr"].append(c.optimizer.lr)

@@ -117,7 +117,7 @@ def comparison_layout() -> summary_pb2.Summary:
     """Custom-scalar layout: multiline charts that put every run's curve of a tag in one chart."""
     charts = []
     for tag, title in (("test/accuracy", "test accuracy, every run"), ("train/loss", "training loss, every run"),
-                       ("test/accuracy_vs_gflop", "test accuracy against training GFLOP, every run")):
+                       ("test/accuracy_vs_mflop", "test accuracy against training MFLOP (x axis), every run")):
         charts.append(layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[rf"^{tag}$"])))
     layout = layout_pb2.Layout(category=[layout_pb2.Category(title="rule vs rule", chart=charts)])
     md = cs_metadata.create_summary_metadata()
