@@ -228,9 +228,8 @@ def _unknown_key(cfg: Any, full_key: str, path: list[str]) -> CLIError:
     if not close:  # maybe the leaf name alone is close to a key somewhere
         leaf = path[-1]
         close = [k for k in keys if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], n=1, cutoff=0.75)][:1]
-    hint = f" Did you mean {close[0]!r}?" if close else f" Run with --help to list every key."
-    owner = type(cfg).__name__ if not prefix else f"{prefix.rstrip('.')} ({type(cfg).__module__.rsplit('.', 1)[-1]})"
-    return CLIError(f"unknown key {full_key!r} for {owner}.{hint}")
+    hint = f" Did you mean {close[0]!r}?" if close else " Run with --help to list every key."
+    return CLIError(f"unknown key {full_key!r}.{hint}")
 
 
 def split_token(tok: str) -> tuple[str, str]:
