@@ -308,3 +308,5 @@ class TaskSpec:
     make: Callable[..., Task]
     aliases: tuple[str, ...] = ()
     doc: str = ""
+    runner: Callable | None = None
+    """``runner(run_cfg, run_dir, run_id, log) -> record`` for tasks that are not one stream (curricula)."""

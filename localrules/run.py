@@ -163,6 +163,9 @@ def _fmt_eta(s: float) -> str:
 
 def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
     """Train ``cfg`` (all seeds at once) in ``run_dir``; resume from its checkpoint if one exists."""
+    spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
+    if spec.runner is not None:
+        return spec.runner(cfg, run_dir, run_id, log)
     t_start = time.time()
     b = build(cfg)
     cfg_json = config_dict(cfg)
