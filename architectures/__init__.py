@@ -30,6 +30,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "linear": lambda x: x,
     "gelu": jax.nn.gelu,
+    "elu": jax.nn.elu,
     "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
 }
 
@@ -113,7 +114,7 @@ def _fan_in_uniform(key, shape, fan_in, gain=1.0):
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
-INITS = ("he_uniform", "torch_default", "normal")
+INITS = ("he_uniform", "torch_default", "normal", "he_normal")
 
 
 def _init_weight(key, shape, fan_in, scheme):
@@ -122,6 +123,8 @@ def _init_weight(key, shape, fan_in, scheme):
     if scheme == "torch_default":
         b = 1.0 / math.sqrt(fan_in)
         return jax.random.uniform(key, shape, jnp.float32, -b, b)
+    if scheme == "he_normal":
+        return jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / fan_in)
     if scheme == "normal":
         return jax.random.normal(key, shape, jnp.float32) / math.sqrt(fan_in)
     raise ValueError(f"unknown init {scheme!r}; choose one of {INITS}")
