@@ -64,7 +64,10 @@ def build(cfg: RunConfig) -> Built:
             raise ValueError(f"samples={cfg.samples} is less than one batch ({cfg.batch_size}); raise samples")
         total = cfg.samples // cfg.batch_size
     spe = task.steps_per_epoch
-    make_opt = lambda ocfg=None: make_optimizer(ocfg or cfg.optimizer, total, spe)  # noqa: E731
+    def make_opt(ocfg=None):
+        return make_optimizer(ocfg or cfg.optimizer, total, spe)
+
+    make_opt.total_steps, make_opt.steps_per_epoch = total, spe  # for rules with their own schedules (FF ffcode)
     opt = rule_spec.optimizer(cfg.rule, arch, make_opt) if rule_spec.optimizer else make_opt()
     chunk = cfg.eval_every if cfg.eval_every > 0 else max(1, -(-total // 10))
     if spe:
