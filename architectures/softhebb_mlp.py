@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from localrules.architectures import Arch, ArchSpec, Layer, dense, flatten
+from localrules.architectures import Arch, ArchSpec, dense, flatten
 from localrules.architectures.softhebb_cnn import BN_MODES, hebbian_dense, per_layer
 
 

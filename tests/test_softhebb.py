@@ -6,7 +6,6 @@ by ``sgd(1)``), so the library's new weights are ``W − g``. Then the block's f
 and phase tests, and a tiny run through the real engine.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -324,6 +323,21 @@ def test_random_frozen_features_baseline_moves_only_the_bn_statistics():
     batch = core.Batch(jnp.asarray(dense_setup()[0] + 1.0, jnp.float32), jnp.zeros((5, 1), jnp.int32))
     g, _, _ = rule.update(params, rule.init(jax.random.PRNGKey(0), params), batch, jax.random.PRNGKey(1))
     assert is_zero(g[1]["w"]) and not is_zero(g[1]["bn_mean"]) and not is_zero(g[1]["bn_var"])
+
+
+def test_random_baseline_stays_finite_under_vmap_over_three_seeds():
+    """Regression: computing the all-zero update of plasticity=none under jit(vmap) over 3 seeds (64 channels,
+    batch 20, micro-batches of 10) made XLA:CPU return NaN weights and −∞ softmax maxima (jax 0.10.2). The rule now
+    skips that computation; weights must stay bit-identical and metrics finite."""
+    arch = architectures.build(softhebb_cnn.Config(channels=(64,)), (8, 8, 1), 10)
+    rule = softhebb.make(softhebb.Config(plasticity="none", hebbian_steps=1000), arch, core.single_head("c", 10))
+    ps = jax.vmap(arch.init)(jax.random.split(jax.random.PRNGKey(0), 3))
+    st = jax.vmap(lambda p: rule.init(jax.random.PRNGKey(0), p))(ps)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 20, 8, 8, 1))
+    batch = core.Batch(x, jnp.zeros((3, 20, 1), jnp.int32))
+    g, _, m = jax.jit(jax.vmap(rule.update, in_axes=(0, 0, 0, None)))(ps, st, batch, jax.random.PRNGKey(0))
+    assert is_zero(g[1]["w"])
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in m.values())
 
 
 def test_hebbian_micro_batches_equal_sequential_whole_batch_steps():
