@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from localrules import architectures as A
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {**A.ACTIVATIONS, "elu": jax.nn.elu}
-
-
-def activation(name: str) -> Callable:
-    """An activation by name: the lab's table plus ``elu`` (α = 1, as ``torch.nn.functional.elu``)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+ACTIVATIONS = A.ACTIVATIONS  # the lab's table includes ``elu`` (α = 1, as ``torch.nn.functional.elu``)
+activation = A.activation
 
 
 def torch_uniform(key, shape, fan_in: int) -> jax.Array:
@@ -37,22 +30,9 @@ def torch_uniform(key, shape, fan_in: int) -> jax.Array:
 
 
 def dense(d_in: int, d_out: int, act: str = "elu", bias: bool = False) -> A.Layer:
-    """A dense layer ``pre = x @ w (+ b)``, ``w (d_in, d_out)`` ~ U(±1/√d_in), bias zero-initialised."""
-    f = activation(act)
-
-    def init_fn(key):
-        p = {"w": torch_uniform(key, (d_in, d_out), d_in)}
-        if bias:
-            p["b"] = jnp.zeros((d_out,), jnp.float32)
-        return p
-
-    def apply_fn(p, x):
-        pre = x @ p["w"]
-        if "b" in p:
-            pre = pre + p["b"][None, :]  # explicit broadcast: tests raise on rank promotion
-        return pre, f(pre)
-
-    return A.Layer("dense", init_fn, apply_fn, f, {"d_in": d_in, "d_out": d_out, "act": act})
+    """A dense layer ``pre = x @ w (+ b)``, ``w (d_in, d_out)`` ~ U(±1/√d_in), bias zero: the lab's dense layer
+    with PyTorch's default init."""
+    return A.dense(d_in, d_out, act, bias, "torch_default")
 
 
 @dataclasses.dataclass(frozen=True)
