@@ -423,7 +423,7 @@ def execute(cfg, run_dir: str, run_id: str, plan_fn, log=print) -> dict:
     ckpt = _Ckpt(Checkpointer(os.path.join(run_dir, "ckpt"), cfg_json)) if cfg.checkpoint else None
     resumed = ckpt is not None and ckpt.inner.latest() is not None
     writers = [tb.Writer(os.path.join(run_dir, f"seed{int(s)}")) for s in np.asarray(seeds)]
-    hp = {"rule": rule_label(cfg.rule), "task": "nursery", "arch": b.arch.name, "optimizer": cfg.optimizer.name,
+    hp = {"rule": rule_label(cfg.rule), "task": b.task_name, "arch": b.arch.name, "optimizer": cfg.optimizer.name,
           "lr": cfg.optimizer.lr, "batch_size": cfg.batch_size}
     for w, s in zip(writers, np.asarray(seeds)):
         if not resumed:
@@ -445,8 +445,9 @@ def execute(cfg, run_dir: str, run_id: str, plan_fn, log=print) -> dict:
 
     state, summary = run_curriculum(
         stages, test_stages=test_stages, rule=b.rule, opt=b.opt, arch=b.arch, seeds=seeds,
-        batch_size=cfg.batch_size, pacing=cfg.task.pacing, samples_per_stage=cfg.task.samples_per_stage,
-        flops_per_stage=cfg.task.flops_per_stage, on_fail=cfg.task.on_fail, extend_cap=cfg.task.extend_cap,
+        batch_size=cfg.batch_size, pacing=getattr(cfg.task, "pacing", "mastery"),
+        samples_per_stage=getattr(cfg.task, "samples_per_stage", 0), flops_per_stage=getattr(cfg.task, "flops_per_stage", 0.0),
+        on_fail=getattr(cfg.task, "on_fail", "continue"), extend_cap=getattr(cfg.task, "extend_cap", 0),
         flops_per_step=fps, checkpoint=ckpt, progress_cb=progress, extra_tests=extra, log=log)
     report = format_report(summary)
     if ckpt is not None:
@@ -467,7 +468,8 @@ def execute(cfg, run_dir: str, run_id: str, plan_fn, log=print) -> dict:
     status = "ok" if n_div == 0 else ("diverged" if n_div == len(div) else "partly_diverged")
     record = {
         "run_id": run_id, "sweep": cfg.name, "rule": b.rule_name, "rule_label": rule_label(cfg.rule),
-        "task": b.task_name, "task_instance": f"nursery/{cfg.task.order}", "arch": b.arch_name,
+        "task": b.task_name, "task_instance": f"{b.task_name}/{getattr(cfg.task, 'order', 'developmental')}",
+        "arch": b.arch_name,
         "seeds": np.asarray(seeds).tolist(), "status": status, "diverged_at": div,
         "acc_mean": summary.get("ACC", float("nan")), "acc_sd": summary.get("ACC_sd", 0.0),
         "final": {"acc": np.asarray(summary["R_per_seed"][-1]).mean(0).tolist() if summary["R_per_seed"] else []},
