@@ -116,16 +116,19 @@ def kappa(acc, chance):
     return (np.asarray(acc) - chance) / (1.0 - chance)
 
 
-def chunking(budget: int, batch: int) -> tuple[int, int, int, int]:
+def chunking(budget: int, batch: int, exact: bool = False) -> tuple[int, int, int, int]:
     """Chunk lengths (in steps) for a stage: ``small`` ≈ 512 samples while old stages are watched (the first
     8,192 samples), ``big`` ≈ 8,192 samples afterwards — two compiled programs per stage, whatever the budget.
 
-    Returns (small, big, window, last_step); the budget is rounded down to whole chunks.
+    Returns (small, big, window, last_step); the budget is rounded down to whole chunks, or with ``exact`` to
+    whole steps (the stage's last chunk is then shorter: one more compiled program).
     """
     small = max(1, -(-OLD_EVERY // batch))
     big = max(small, round(EVAL_EVERY / batch / small) * small)
     window = -(-OLD_WINDOW // (small * batch)) * small
     steps = budget // batch
+    if exact:
+        return small, big, window, max(1, steps)
     if steps <= window:
         return small, big, window, max(small, steps // small * small)
     return small, big, window, window + (steps - window) // big * big
@@ -167,7 +170,7 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
                    batch_size: int, pacing: str = "mastery",
                    samples_per_stage: int = 0, flops_per_stage: float = 0.0, on_fail: str = "continue",
                    extend_cap: int = 0, flops_per_step: float, checkpoint=None, progress_cb=None,
-                   extra_tests: dict | None = None, log=print) -> tuple[Any, dict]:
+                   extra_tests: dict | None = None, exact_budget: bool = False, log=print) -> tuple[Any, dict]:
     """Train through ``stages``; return the R matrix, metrics and per-stage statistics (JSON-ready).
 
     Args:
@@ -179,6 +182,7 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
       progress_cb: optional ``(stage_index, stage, samples, eval_dict, budget, graduated_at)`` after each
         evaluation of the current stage (progress lines, TensorBoard).
       extra_tests: name → Task evaluated at init and after every stage (blur robustness).
+      exact_budget: train exactly ``budget // batch_size`` steps per stage (see :func:`chunking`).
     """
     from localrules.train import make_program
 
@@ -240,7 +244,7 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
         else:
             budget = st.budget
         hard_cap = max(budget, extend_cap) if (on_fail == "extend" and pacing == "mastery") else budget
-        small, big, window, last_step = chunking(hard_cap, batch_size)
+        small, big, window, last_step = chunking(hard_cap, batch_size, exact_budget)
         if prog.stage_step == 0:
             prog.pass_streak = [0] * S
             prog.graduated_at = [-1] * S
@@ -251,7 +255,7 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
         stage_t0 = time.time()
         while prog.stage_step < last_step:
             step = prog.stage_step
-            n = small if step < window else big
+            n = min(small if step < window else big, last_step - step)
             active = np.asarray(prog.graduated_at) < 0
             new_state, _ = chunks[i](state, st.task.data, seeds, n)
             # graduated seeds are frozen; every seed keeps the same step counter so batches stay aligned
@@ -448,7 +452,8 @@ def execute(cfg, run_dir: str, run_id: str, plan_fn, log=print) -> dict:
         batch_size=cfg.batch_size, pacing=getattr(cfg.task, "pacing", "mastery"),
         samples_per_stage=getattr(cfg.task, "samples_per_stage", 0), flops_per_stage=getattr(cfg.task, "flops_per_stage", 0.0),
         on_fail=getattr(cfg.task, "on_fail", "continue"), extend_cap=getattr(cfg.task, "extend_cap", 0),
-        flops_per_step=fps, checkpoint=ckpt, progress_cb=progress, extra_tests=extra, log=log)
+        flops_per_step=fps, checkpoint=ckpt, progress_cb=progress, extra_tests=extra,
+        exact_budget=getattr(cfg.task, "exact_budget", False), log=log)
     report = format_report(summary)
     if ckpt is not None:
         ckpt.inner.close()
