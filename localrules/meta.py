@@ -1,0 +1,769 @@
+"""Meta-training of ``rules/meta_learned.py``'s θ: ``python -m localrules.meta train|eval|plugin key=value ...``.
+
+The inner loop is the lab's own engine (:func:`localrules.train.make_program`: ``chunk`` = a ``lax.scan`` of the
+rule's step under ``optax.sgd(1.0)``) with θ traced, so the meta-trainer needs nothing rule-specific.
+
+**Tasks** (spec §2.7; :class:`Dist`). A task is a k-way Fashion-MNIST class subset (random label permutation),
+projected by R ∈ ℝ^{784×d}, R_ij ~ N(0, 1/784), after per-pixel standardisation (x − μ_pix)/(σ_pix + 0.1) with
+training-split statistics; a fresh MLP d-width-k (W ~ N(0, 1/fan_in), b = 0, fresh feedback); T online steps at
+batch 16 with labels uniform over the k classes; query = 100 images from a held-out part of the *training* split
+(the last ``query_per_class`` images of every class). Never the test split: that is the plug-in evaluation's.
+Classes ``held_out`` never appear in meta-training; meta-test tasks (:func:`meta_test`) always contain them, use
+projections/initialisations under a disjoint key root, and may use other horizons. Shapes (k, d, width, T) are
+bucketed: one compiled meta-step per bucket, buckets visited in turn (T log-spaced up to the deployment horizon).
+
+**Meta-loss** = mean query cross-entropy after the inner run, capped at 10 (non-finite → 10), + ``l1``·‖θ‖₁.
+
+**Meta-trainers.** ``method=grad``: ``jax.value_and_grad`` through the inner scan (``jax.checkpoint`` on segments of
+``segment`` steps, so reverse-mode memory is T/segment carries), non-finite gradient entries set to 0, global-norm
+clip ``clip``, Adam ``lr``. ``method=es``: antithetic pairs θ ± σε, all members on the same tasks, vmapped in one jit,
+ĝ = Σ (L₊ − L₋) ε / (2σN), optional rank shaping; for rules whose inner step is not differentiable.
+
+**Outputs** (``out``): ``theta/`` the final θ and ``candidates/step_<n>/`` (θ₀ = step 0 among them), each an orbax
+checkpoint + ``meta.json`` (:func:`localrules.rules.meta_learned.save_theta`); TensorBoard meta-curves
+(``meta/loss``, ``meta/query_acc``, ``meta/grad_norm``, ``meta/lr_hidden``…); ``summary.json``. Meta-training FLOPs
+are reported separately from the per-run FLOPs of using the rule: XLA counts a scanned body once, so they are the
+compiled inner-step FLOPs (forward; forward + VJP for the reverse pass, plus the recomputed forward of
+``jax.checkpoint``) × T × tasks (× 2N members for ES) + query evaluation, per bucket.
+
+``eval``: meta-test on fresh held-out tasks — θ vs θ₀ (DFA) vs random frozen features + delta-rule head (best lr of
+a grid) vs BP-SGD (best lr of a grid), same nets, batches and horizons. ``plugin``: the θ as an ordinary rule on full
+10-way Fashion-MNIST (784-width-10) against the same baselines, ``seeds`` seeds, the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from localrules import core, tb
+from localrules.architectures import MLPConfig, build_mlp
+from localrules.cost import compiled_cost
+from localrules.rules import meta_learned as ml
+from localrules.train import TrainState, make_program
+
+CAP = 10.0
+
+
+# ------------------------------------------------------------------------------------------ estimators
+
+
+def cap_loss(loss, cap: float = CAP):
+    """L ← min(L, cap), non-finite → cap (double-where so the dead branch cannot send NaN backwards)."""
+    ok = jnp.isfinite(loss)
+    safe = jnp.where(ok, loss, 0.0)
+    return jnp.where(ok, jnp.minimum(safe, cap), cap)
+
+
+def mask_and_clip(g, clip: float | None = 1.0):
+    """Non-finite entries → 0, then g ← g·min(1, clip/‖g‖). Returns (g, norm before clipping)."""
+    g = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0.0), g)
+    norm = optax.global_norm(g)
+    if clip is not None:
+        g = jax.tree.map(lambda a: a * jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-12)), g)
+    return g, norm
+
+
+def meta_gradient(loss_fn: Callable, theta, *args, clip: float | None = 1.0):
+    """``method=grad``: (loss, aux), masked and clipped ∇θ, and the raw norm. ``loss_fn(θ, *args) -> (L, aux)``."""
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(theta, *args)
+    g, norm = mask_and_clip(g, clip)
+    return loss, aux, g, norm
+
+
+def es_gradient(loss_fn: Callable, theta, key, *args, sigma: float = 0.05, pairs: int = 16, rank: bool = False,
+                clip: float | None = None):
+    """``method=es``: antithetic ES estimate of ∇θ E[L]; every member evaluates the same ``args`` (common random
+    numbers), all members in one vmap. Returns (mean loss at the members, aux of the first member, ĝ, ‖ĝ‖)."""
+    leaves, tdef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, len(leaves))
+    eps = [jax.random.normal(k, (pairs,) + jnp.shape(l), jnp.float32) for k, l in zip(keys, leaves)]
+    eps = jax.tree.unflatten(tdef, eps)
+    members = jax.tree.map(lambda t, e: jnp.concatenate([t[None] + sigma * e, t[None] - sigma * e]), theta, eps)
+    losses, aux = jax.vmap(lambda th: loss_fn(th, *args))(members)
+    losses = jnp.where(jnp.isfinite(losses), losses, CAP)
+    if rank:  # centred ranks in [−0.5, 0.5]
+        r = jnp.argsort(jnp.argsort(losses)).astype(jnp.float32)
+        f = r / (2 * pairs - 1) - 0.5
+    else:
+        f = losses
+    diff = f[:pairs] - f[pairs:]
+    g = jax.tree.map(lambda e: jnp.tensordot(diff, e, axes=1) / (2 * sigma * pairs), eps)
+    g, norm = mask_and_clip(g, clip)
+    return jnp.mean(losses), jax.tree.map(lambda a: a[0], aux), g, norm
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    """The task distribution (spec §2.7) and the inner network; all tuples are buckets, visited in turn."""
+
+    ways: tuple[int, ...] = (5,)
+    """Classes per task k (buckets); meta-training draws them from the classes not held out."""
+    dims: tuple[int, ...] = (64,)
+    """Projection dimensions d (buckets)."""
+    widths: tuple[int, ...] = (64,)
+    """Hidden widths of the inner MLP (buckets)."""
+    horizons: tuple[int, ...] = (100, 300, 1000)
+    """Inner horizons T in steps (buckets, log-spaced up to the deployment horizon)."""
+    depth: int = 1
+    """Hidden layers of the inner MLP."""
+    batch: int = 16
+    """Inner batch size."""
+    query: int = 100
+    """Query images per task (from the held-out part of the training split)."""
+    held_out: tuple[int, ...] = (8, 9)
+    """Fashion-MNIST classes never used in meta-training (meta-test tasks contain them)."""
+    query_per_class: int = 1000
+    """Last images of each class in the training split reserved for queries (never trained on inside a task)."""
+    pool: int = 256
+    """Training images per class drawn (with replacement) and projected per task; batches sample from them."""
+    hidden: tuple[int, ...] = ()
+    """Explicit hidden widths of the inner MLP (overrides widths × depth), e.g. the comparator's [170,130,100,70]."""
+    project: bool = True
+    """Random projection 784 → d; false: the standardised 784 pixels themselves (dims is ignored)."""
+    activation: str = "relu"
+    """Hidden activation of the inner MLP."""
+    bias: bool = True
+    """Biases in the inner MLP."""
+    online: bool = False
+    """false: batches drawn with replacement from the pool; true: every pool image exactly once, in a random order
+    (the comparator's online protocol; then T must equal ways·pool/batch)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """``python -m localrules.meta train ...``: meta-train θ of rule=meta_learned."""
+
+    family: str = "coef"
+    """coef (16 shared coefficients) | mlp (coefficients + a tiny MLP per role)."""
+    mlp_hidden: int = 8
+    """H of the MLP family."""
+    lr0: float = 0.05
+    """Step e^λ of θ₀ for both roles (the comparator starts at 1e-3)."""
+    feedback: str = "dfa"
+    """Hidden-layer modulator of the rule: dfa | fa."""
+    method: str = "grad"
+    """grad (meta-gradients through the inner scan) | es (antithetic evolution strategies)."""
+    budget_s: float = 600.0
+    """Wall-clock budget of the meta-training loop (compilation included)."""
+    max_steps: int = 0
+    """Stop after this many meta-steps (0 = budget only)."""
+    tasks: int = 8
+    """Tasks per meta-step (shared by all ES members)."""
+    lr: float = 1e-2
+    """Adam learning rate of θ (spec: 1e-2 for grad, 3e-2 for es)."""
+    clip: float = 1.0
+    """Global-norm clip of the meta-gradient."""
+    sigma: float = 0.05
+    """ES perturbation scale in coefficient/log space."""
+    pairs: int = 16
+    """ES antithetic pairs."""
+    rank: bool = False
+    """ES rank (fitness) shaping."""
+    l1: float = 0.0
+    """L1 penalty on the coefficients c (identifiability)."""
+    segment: int = 50
+    """Inner steps per jax.checkpoint segment (reverse-mode memory ∝ T / segment)."""
+    candidates: int = 6
+    """θ checkpoints saved at evenly spaced times (θ₀ is always one more)."""
+    seed: int = 0
+    """Meta-training seed (task keys come from fold_in(PRNGKey(seed), 1))."""
+    out: str = "runs/meta/default"
+    """Output directory."""
+    dist: Dist = Dist()
+    """Task distribution."""
+    validate_steps: int = 0
+    """If > 0: select the final θ among the candidates by a plug-in run (full 10-way Fashion-MNIST, 784-width-10,
+    this many steps, 3 seeds); 0 = the last θ."""
+    validate_width: int = 256
+    """Hidden width of the plug-in selection run."""
+
+
+class Data:
+    """Fashion-MNIST arranged by class: uint8 (10, n, 784) training images (first ``n − q`` per class for training
+    inside tasks, last ``q`` for queries), per-pixel statistics of the training split."""
+
+    def __init__(self, query_per_class: int = 1000, data_dir: str | None = None):
+        from localrules.tasks import datasets
+
+        x, y = datasets.load("fashion_mnist", "train", data_dir=data_dir)
+        x = x.reshape(x.shape[0], -1)
+        n = min(int(np.sum(y == c)) for c in range(10))
+        if not 0 < query_per_class < n:
+            raise ValueError(f"dist.query_per_class={query_per_class}: must be between 1 and {n - 1}")
+        self.by_class = np.stack([x[y == c][:n] for c in range(10)])
+        f = x.astype(np.float64) / 255.0
+        self.mu = f.mean(0).astype(np.float32)
+        self.sd = (f.std(0) + 0.1).astype(np.float32)
+        self.n_train = n - query_per_class
+        self.q = query_per_class
+
+    def arrays(self):
+        return jnp.asarray(self.by_class), jnp.asarray(self.mu), jnp.asarray(self.sd)
+
+
+def rule_cfg(mc: MetaConfig) -> ml.Config:
+    return ml.Config(family=mc.family, mlp_hidden=mc.mlp_hidden, feedback=mc.feedback)
+
+
+def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_query: int, classes_from: tuple,
+                 must_include: tuple = (), segment: int = 50, method: str = "rule"):
+    """``task_fn(θ, key, data) -> (query CE (capped), query acc)`` for one bucket (k, d, width, T).
+
+    ``method='rule'`` trains with rule(θ); ``'bp'`` trains by backprop-SGD with step e^{θ['loglr'][0]} (baseline).
+    """
+    k, d, width, T = bucket
+    if not dist.project:
+        d = 784
+    if dist.online and T * dist.batch != k * dist.pool:
+        raise ValueError(f"dist.online: horizon {T} × batch {dist.batch} must equal ways {k} × pool {dist.pool}")
+    if len(classes_from) < k:
+        raise ValueError(f"dist.ways={k}: only {len(classes_from)} classes are available ({classes_from})")
+    arch = inner_arch(dist, d, width, k)
+    heads = core.single_head("y", k)
+    B, P = dist.batch, dist.pool
+    pool_cls = jnp.asarray(classes_from, jnp.int32)
+    inc = jnp.asarray(must_include, jnp.int32)
+    seg = max(1, min(segment, T))
+    if T % seg:
+        raise ValueError(f"horizon {T} is not a multiple of segment={seg}; choose horizons divisible by it")
+
+    def sample(data, ctx, key, t):
+        pool, order = data
+        if dist.online:
+            j = jax.lax.dynamic_slice(order, (t * B,), (B,))
+            y, i = j // P, j % P
+        else:
+            ky, ki = jax.random.split(key)
+            y = jax.random.randint(ky, (B,), 0, k)
+            i = jax.random.randint(ki, (B,), 0, P)
+        return core.Batch(pool[y, i], y[:, None])
+
+    def task_fn(theta, key, data):
+        images, mu, sd = data
+        kc, kp, ks, kq, kseed = jax.random.split(key, 5)
+        perm = jax.random.permutation(kc, pool_cls)
+        if len(must_include):  # held-out classes first, the rest random; then a random label order
+            others = perm[jnp.argsort(jnp.isin(perm, inc), stable=True)]  # not-included classes first, in perm order
+            chosen = jnp.concatenate([inc, others[: len(classes_from) - len(must_include)]])
+            chosen = jax.random.permutation(jax.random.fold_in(kc, 1), chosen[:k])
+        else:
+            chosen = perm[:k]
+        R = jax.random.normal(kp, (784, d), jnp.float32) / math.sqrt(784.0) if dist.project else None
+
+        def prep(u8):
+            z = (u8.astype(jnp.float32) / 255.0 - mu[None, :]) / sd[None, :]
+            return z @ R if dist.project else z
+
+        idx = jax.random.randint(ks, (k, P), 0, n_train)
+        pool = jax.vmap(lambda c, i: prep(images[c][i]))(chosen, idx)  # (k, P, d)
+        qy = jnp.arange(dist.query, dtype=jnp.int32) % k
+        qi = n_train + jax.random.randint(kq, (dist.query,), 0, n_query)
+        qx = prep(images[chosen[qy], qi])
+        order = jax.random.permutation(jax.random.fold_in(ks, 1), k * P)
+        task = core.Task("meta", heads, (d,), (pool, order), core.no_context, sample, None, None)
+        if method == "rule":
+            rule = ml.make_with_theta(rcfg, arch, heads, theta)
+        else:
+            rule = _backprop_rule(arch, heads)
+        lr = jnp.exp(theta["loglr"][0]) if method == "bp" else 1.0
+        program = make_program(rule, optax.sgd(lr), arch, task)
+        seed = jax.random.randint(kseed, (), 0, 2**30)
+        state = program.init(seed)
+
+        @jax.checkpoint
+        def segment_fn(st):
+            return program.chunk(st, (pool, order), seed, seg)[0]
+
+        state, _ = jax.lax.scan(lambda st, _: (segment_fn(st), None), state, None, length=T // seg)
+        logits = arch.apply(state.params, qx)
+        ce = cap_loss(core.loss(logits, qy[:, None], heads))
+        acc = jnp.mean(jnp.argmax(logits, -1) == qy)
+        return ce, acc
+
+    task_fn.arch, task_fn.heads = arch, heads
+    return task_fn
+
+
+def inner_arch(dist: Dist, d: int, width: int, k: int):
+    hidden = tuple(dist.hidden) or (width,) * dist.depth
+    return build_mlp(MLPConfig(hidden=hidden, activation=dist.activation, bias=dist.bias, init="normal"), (d,), k)
+
+
+def _backprop_rule(arch, heads):
+    def update(params, state, batch, key):
+        loss, g = jax.value_and_grad(lambda p: core.loss(arch.apply(p, batch.x), batch.y, heads))(params)
+        return g, state, {"loss": loss}
+
+    return core.Rule(lambda key, params: (), update, lambda p, s, x: arch.apply(p, x))
+
+
+def batch_loss(task_fn, l1: float = 0.0):
+    """Mean capped query CE over a batch of task keys (+ l1·‖c‖₁); aux = mean query accuracy."""
+
+    def f(theta, keys, data):
+        ce, acc = jax.vmap(task_fn, in_axes=(None, 0, None))(theta, keys, data)
+        loss = jnp.mean(ce)
+        if l1:
+            loss = loss + l1 * jnp.sum(jnp.abs(theta["c"]))
+        return loss, jnp.mean(acc)
+
+    return f
+
+
+def buckets(dist: Dist) -> list[tuple]:
+    return [(k, d, w, T) for T in dist.horizons for k in dist.ways for d in dist.dims for w in dist.widths]
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+
+
+def inner_flops(rcfg: ml.Config, theta, dist: Dist, bucket, method: str, tasks: int, pairs: int) -> dict:
+    """Compiled FLOPs of one inner step (forward, and forward+VJP) × T × tasks (× members), per meta-step."""
+    k, d, w, T = bucket
+    d = d if dist.project else 784
+    arch = inner_arch(dist, d, w, k)
+    heads = core.single_head("y", k)
+    opt = optax.sgd(1.0)
+    params = arch.init(jax.random.PRNGKey(0))
+    batch = core.Batch(jnp.zeros((dist.batch, d)), jnp.zeros((dist.batch, 1), jnp.int32))
+
+    def step(theta, params):
+        rule = ml.make_with_theta(rcfg, arch, heads, theta)
+        st = rule.init(jax.random.PRNGKey(1), params)
+        g, _, _ = rule.update(params, st, batch, jax.random.PRNGKey(2))
+        u, _ = opt.update(g, opt.init(params), params)
+        return optax.apply_updates(params, u)
+
+    fwd = compiled_cost(jax.jit(step).lower(theta, params).compile())["flops"]
+
+    def vjp(theta, params):
+        out, f = jax.vjp(step, theta, params)
+        return f(out)
+
+    both = compiled_cost(jax.jit(vjp).lower(theta, params).compile())["flops"]
+    hid = tuple(dist.hidden) or (w,) * dist.depth
+    q = 2.0 * dist.query * sum(a * b for a, b in zip((d,) + hid, hid + (k,)))
+    prep = 2.0 * k * (dist.pool + dist.query) * 784 * d if dist.project else 0.0  # projection of the task's images (no gradient)
+    if method == "grad":
+        per_task = T * (2 * fwd + both) + 3 * q + prep  # scan forward, recomputed forward (checkpoint), forward+VJP
+        total = tasks * per_task
+    else:
+        total = 2 * pairs * tasks * (T * fwd + q) + tasks * prep
+    return {"inner_step_flops": fwd, "inner_step_vjp_flops": both, "meta_step_flops": total}
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train(mc: MetaConfig, log=print, argv=None) -> dict:
+    """Meta-train θ within ``budget_s``; returns the summary (also written to ``<out>/summary.json``)."""
+    if mc.method not in ("grad", "es"):
+        raise ValueError(f"method={mc.method!r}: choose grad or es")
+    if mc.tasks < 1 or mc.pairs < 1 or mc.budget_s <= 0:
+        raise ValueError("tasks, pairs and budget_s must be positive")
+    t_start = time.time()
+    dist = mc.dist
+    train_classes = tuple(c for c in range(10) if c not in dist.held_out)
+    data_np = Data(dist.query_per_class)
+    data = data_np.arrays()
+    rcfg = rule_cfg(mc)
+    root = jax.random.fold_in(jax.random.PRNGKey(mc.seed), 1)
+    theta = ml.init_theta(jax.random.fold_in(root, 0), mc.family, mc.mlp_hidden, mc.lr0)
+    theta0 = theta
+    opt = optax.adam(mc.lr)
+    opt_state = opt.init(theta)
+    bks = buckets(dist)
+    steps = {}
+    for b in bks:
+        loss_fn = batch_loss(make_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes,
+                                          segment=mc.segment), mc.l1)
+        steps[b] = jax.jit(_make_meta_step(loss_fn, opt, mc))
+    os.makedirs(mc.out, exist_ok=True)
+    writer = tb.Writer(os.path.join(mc.out, "tb"))
+    flops = {b: inner_flops(rcfg, theta, dist, b, mc.method, mc.tasks, mc.pairs) for b in bks}
+    base_meta = {"family": dataclasses.asdict(rcfg), "dist": dataclasses.asdict(dist),
+                 "meta": {k: v for k, v in dataclasses.asdict(mc).items() if k != "dist"},
+                 "command": " ".join(argv) if argv else None}
+    cand_dir = os.path.join(mc.out, "candidates")
+    ml.save_theta(os.path.join(cand_dir, "step_0"), theta0, {**base_meta, "step": 0, "seconds": 0.0})
+    saved = [0]
+    n, meta_flops, hist = 0, 0.0, []
+    budget_end = t_start + mc.budget_s
+    save_times = [t_start + mc.budget_s * (i + 1) / (mc.candidates + 1) for i in range(mc.candidates)]
+    while time.time() < budget_end and (mc.max_steps <= 0 or n < mc.max_steps):
+        b = bks[n % len(bks)]
+        key = jax.random.fold_in(root, n + 1)
+        theta, opt_state, loss, acc, norm = steps[b](theta, opt_state, key, data)
+        loss, acc, norm = float(loss), float(acc), float(norm)
+        n += 1
+        meta_flops += flops[b]["meta_step_flops"]
+        lrs = np.exp(np.asarray(theta["loglr"]))
+        c = np.asarray(theta["c"])
+        row = {"step": n, "T": b[3], "loss": loss, "acc": acc, "grad_norm": norm, "t": time.time() - t_start}
+        hist.append(row)
+        scal = {"meta/loss": loss, "meta/query_acc": acc, "meta/grad_norm": norm, "meta/horizon": b[3],
+                "meta/lr_hidden": lrs[0], "meta/lr_head": lrs[1], "meta/gflop": meta_flops / 1e9,
+                f"meta/loss_T{b[3]}": loss}
+        for r, role in enumerate(ml.ROLES):
+            for i, term in enumerate(ml.TERMS):
+                scal[f"theta/{role}/{term}"] = float(c[r, i])
+        writer.scalars(scal, n)
+        if n % 25 == 0 or n == 1:
+            log(f"  meta-step {n}  T={b[3]}  loss {loss:.4f}  acc {acc:.3f}  |g| {norm:.3f}  "
+                f"lr {lrs[0]:.4f}/{lrs[1]:.4f}  {time.time() - t_start:.0f} s")
+            writer.flush()
+        while save_times and time.time() >= save_times[0]:
+            save_times.pop(0)
+            ml.save_theta(os.path.join(cand_dir, f"step_{n}"), theta,
+                          {**base_meta, "step": n, "seconds": time.time() - t_start, "meta_flops": meta_flops})
+            saved.append(n)
+    seconds = time.time() - t_start
+    if saved[-1] != n:
+        ml.save_theta(os.path.join(cand_dir, f"step_{n}"), theta,
+                      {**base_meta, "step": n, "seconds": seconds, "meta_flops": meta_flops})
+        saved.append(n)
+    writer.close()
+    summary = {"meta_steps": n, "seconds": seconds, "meta_flops": meta_flops, "flops_per_bucket": {
+        str(b): f for b, f in flops.items()}, "candidates": saved, "history_tail": hist[-10:]}
+    chosen = n
+    if mc.validate_steps > 0:
+        scores = {}
+        for s in saved:
+            th, _ = ml.load_theta(os.path.join(cand_dir, f"step_{s}"))
+            r = plugin_accuracy(rcfg, th, mc.validate_width, mc.validate_steps, seeds=3, data_dir=None,
+                                validation=True)
+            scores[s] = r
+            log(f"  plug-in validation θ@{s}: {r['mean']:.4f} ± {r['sd']:.4f}")
+        chosen = max(scores, key=lambda s: scores[s]["mean"])
+        summary["validation"] = {str(k): v for k, v in scores.items()}
+    summary["chosen_step"] = chosen
+    final, _ = ml.load_theta(os.path.join(cand_dir, f"step_{chosen}"))
+    summary["path"] = ml.save_theta(os.path.join(mc.out, "theta"), final, {
+        **base_meta, "step": chosen, "seconds": seconds, "meta_steps": n, "meta_flops": meta_flops,
+        "selection": summary.get("validation")})
+    with open(os.path.join(mc.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    log(f"meta-training: {n} meta-steps in {seconds:.0f} s, {meta_flops / 1e12:.3f} TFLOP (meta-training only); "
+        f"θ (step {chosen}) → {summary['path']}")
+    return summary
+
+
+def _make_meta_step(loss_fn, opt, mc: MetaConfig):
+    def step(theta, opt_state, key, data):
+        keys = jax.random.split(key, mc.tasks + 1)
+        if mc.method == "grad":
+            loss, acc, g, norm = meta_gradient(loss_fn, theta, keys[1:], data, clip=mc.clip)
+        else:
+            loss, acc, g, norm = es_gradient(loss_fn, theta, keys[0], keys[1:], data, sigma=mc.sigma,
+                                             pairs=mc.pairs, rank=mc.rank, clip=mc.clip)
+        u, opt_state = opt.update(g, opt_state, theta)
+        return optax.apply_updates(theta, u), opt_state, loss, acc, norm
+
+    return step
+
+
+# ------------------------------------------------------------------------------------------ Oja recovery
+
+
+def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta: float = 0.02, tasks: int = 16,
+                 lr: float = 1e-2, l1: float = 1e-3):
+    """Spec §4.2: meta-train the 27-term polynomial rule Δw_i = η Σ θ_abc x_i^a y^b w_i^c (a, b, c ∈ {0, 1, 2}) of
+    one linear neuron y = wᵀx on tasks whose best answer is the first principal component with ‖w‖ = 1 — the task
+    Oja's rule solves. Same estimator as ``method=grad`` (:func:`meta_gradient`: capped loss, non-finite → 0,
+    global-norm clip 1), Adam ``lr``, all meta-steps in one ``lax.scan``. Returns (θ (27,), seconds)."""
+    powers = jnp.asarray([(a, b, c) for a in range(3) for b in range(3) for c in range(3)], jnp.float32)
+    lam = jnp.asarray([4.0] + [1.0] * (d - 1))
+
+    def task_loss(theta, key):
+        kq, kw, kz = jax.random.split(key, 3)
+        Q, _ = jnp.linalg.qr(jax.random.normal(kq, (d, d)))
+        w0 = jax.random.normal(kw, (d,)) / math.sqrt(d)
+        xs = (jax.random.normal(kz, (T, d)) * jnp.sqrt(lam)[None, :]) @ Q.T
+
+        def body(w, x):
+            y = jnp.dot(w, x)
+            feats = (x[:, None] ** powers[None, :, 0]) * (y ** powers[None, :, 1]) * (w[:, None] ** powers[None, :, 2])
+            return w + eta * feats @ theta, None
+
+        w, _ = jax.lax.scan(body, w0, xs)
+        n2 = jnp.sum(w * w)
+        return cap_loss(1.0 - jnp.dot(w, Q[:, 0]) ** 2 / n2 + (n2 - 1.0) ** 2)
+
+    def loss_fn(theta, keys):
+        return jnp.mean(jax.vmap(task_loss, in_axes=(None, 0))(theta, keys)) + l1 * jnp.sum(jnp.abs(theta)), 0.0
+
+    opt = optax.adam(lr)
+    root = jax.random.PRNGKey(seed)
+    theta0 = 0.01 * jax.random.normal(jax.random.fold_in(root, 0), (27,))
+
+    @jax.jit
+    def run(theta):
+        def step(carry, i):
+            th, s = carry
+            keys = jax.random.split(jax.random.fold_in(root, i + 1), tasks)
+            _, _, g, _ = meta_gradient(loss_fn, th, keys)
+            u, s = opt.update(g, s, th)
+            return (optax.apply_updates(th, u), s), None
+
+        return jax.lax.scan(step, (theta, opt.init(theta)), jnp.arange(steps))[0][0]
+
+    t0 = time.time()
+    theta = jax.block_until_ready(run(theta0))
+    return theta, time.time() - t0
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def random_features_theta(head_lr: float) -> dict:
+    """Random frozen hidden features (hidden role: no update) + delta-rule linear head at step ``head_lr``."""
+    th = ml.init_theta(None, "coef")
+    c = np.array(th["c"])
+    c[ml.HIDDEN] = 0.0
+    return {"c": jnp.asarray(c), "loglr": jnp.asarray([0.0, math.log(head_lr)], jnp.float32)}
+
+
+LR_GRID = (0.01, 0.03, 0.1, 0.3)
+
+
+def meta_test(theta, rcfg: ml.Config, dist: Dist, horizons: tuple, n_tasks: int = 64, key_root: int = 10_000,
+              ways: int | None = None, width: int | None = None, dim: int | None = None, log=print) -> dict:
+    """Query CE/accuracy on ``n_tasks`` fresh tasks per horizon that contain the held-out classes, under a key
+    root disjoint from meta-training; θ vs θ₀ (DFA) vs random features (best head lr) vs BP-SGD (best lr)."""
+    data_np = Data(dist.query_per_class)
+    data = data_np.arrays()
+    k = ways or dist.ways[0]
+    d = dim or dist.dims[0]
+    w = width or dist.widths[0]
+    keys = jax.random.split(jax.random.PRNGKey(key_root), n_tasks)
+    out = {}
+    for T in horizons:
+        bucket = (k, d, w, T)
+        seg = math.gcd(T, 50)
+        args = (rcfg, dist, bucket, data_np.n_train, data_np.q, tuple(range(10)))
+        rule_fn = jax.jit(jax.vmap(make_task_fn(*args, must_include=dist.held_out, segment=seg),
+                                   in_axes=(None, 0, None)))
+        bp_fn = jax.jit(jax.vmap(make_task_fn(*args, must_include=dist.held_out, segment=seg, method="bp"),
+                                 in_axes=(None, 0, None)))
+        res = {}
+
+        def ev(fn, th):
+            ce, acc = fn(th, keys, data)
+            return float(jnp.mean(ce)), float(jnp.mean(acc))
+
+        res["theta"] = ev(rule_fn, theta)
+        res["dfa_theta0"] = ev(rule_fn, ml.init_theta(None, "coef"))
+        rf = {lr: ev(rule_fn, random_features_theta(lr)) for lr in LR_GRID}
+        best = min(rf, key=lambda lr: rf[lr][0])
+        res["random_features"] = (*rf[best], best)
+        bp = {lr: ev(bp_fn, {"c": jnp.zeros((2, 7)), "loglr": jnp.full((2,), math.log(lr))}) for lr in LR_GRID}
+        best = min(bp, key=lambda lr: bp[lr][0])
+        res["bp_sgd"] = (*bp[best], best)
+        dfa = {lr: ev(rule_fn, {"c": ml.init_theta()["c"], "loglr": jnp.full((2,), math.log(lr))})
+               for lr in LR_GRID}
+        best = min(dfa, key=lambda lr: dfa[lr][0])
+        res["dfa_best_lr"] = (*dfa[best], best)
+        out[T] = res
+        log(f"  T={T}: " + "  ".join(f"{n} CE {v[0]:.3f} acc {v[1]:.3f}" + (f" (lr {v[2]})" if len(v) > 2 else "")
+                                     for n, v in res.items()))
+    return out
+
+
+_PLUGIN_CACHE: dict = {}
+
+
+def _fmnist_flat(data_dir=None):
+    if ("data", data_dir) not in _PLUGIN_CACHE:
+        from localrules.tasks import datasets
+
+        xtr, ytr = datasets.load("fashion_mnist", "train", data_dir=data_dir)
+        xte, yte = datasets.load("fashion_mnist", "test", data_dir=data_dir)
+        _PLUGIN_CACHE[("data", data_dir)] = (xtr.reshape(len(xtr), -1), ytr, xte.reshape(len(xte), -1), yte)
+    return _PLUGIN_CACHE[("data", data_dir)]
+
+
+def _plugin_runner(rcfg, width, steps, seeds, validation, method, batch, data_dir):
+    key = (rcfg, width, steps, seeds, validation, method, batch, data_dir)
+    if key in _PLUGIN_CACHE:
+        return _PLUGIN_CACHE[key]
+    xtr, ytr, xte, yte = _fmnist_flat(data_dir)
+    f = xtr.astype(np.float64) / 255.0
+    mu, sd = jnp.asarray(f.mean(0), jnp.float32), jnp.asarray(f.std(0) + 0.1, jnp.float32)
+    if validation:
+        xte, yte, xtr, ytr = xtr[50_000:], ytr[50_000:], xtr[:50_000], ytr[:50_000]
+    n = len(xtr)
+    arch = build_mlp(MLPConfig(hidden=(width,), init="normal"), (784,), 10)
+    heads = core.single_head("fashion", 10)
+
+    def prep(u8):
+        return (u8.astype(jnp.float32) / 255.0 - mu[None, :]) / sd[None, :]
+
+    def sample(data, ctx, key, t):
+        x, y = data
+        i = jax.random.randint(key, (batch,), 0, n)
+        return core.Batch(prep(x[i]), y[i][:, None])
+
+    task = core.Task("fmnist_plugin", heads, (784,), (jnp.asarray(xtr), jnp.asarray(ytr, jnp.int32)),
+                     core.no_context, sample, None, None)
+    test = (jnp.asarray(xte), jnp.asarray(yte, jnp.int32))
+
+    @jax.jit
+    def run(theta, data, test):
+        if method == "rule":
+            rule, opt = ml.make_with_theta(rcfg, arch, heads, theta), optax.sgd(1.0)
+        else:
+            rule, opt = _backprop_rule(arch, heads), optax.sgd(jnp.exp(theta["loglr"][0]))
+        program = make_program(rule, opt, arch, task)
+
+        def one(seed):
+            st = program.init(seed)
+            st = program.chunk(st, data, seed, steps)[0]
+            xq, yq = test
+            return jnp.mean(jnp.argmax(arch.apply(st.params, prep(xq)), -1) == yq), st.diverged_at
+
+        return jax.vmap(one)(jnp.arange(seeds, dtype=jnp.int32))
+
+    _PLUGIN_CACHE[key] = (run, task.data, test)
+    return _PLUGIN_CACHE[key]
+
+
+def plugin_accuracy(rcfg: ml.Config, theta, width: int, steps: int, seeds: int = 3, data_dir=None,
+                    validation: bool = False, method: str = "rule", lr: float = 0.1, batch: int = 16) -> dict:
+    """The θ as an ordinary rule (the lab's engine, optax.sgd(1.0)) on full 10-way Fashion-MNIST: 784-width-10,
+    batch 16 drawn with replacement, per-pixel standardised pixels as in meta-training, ``steps`` steps, seeds
+    0..seeds−1; accuracy on the 10,000 test images (``validation=True``: trained on the first 50,000 training
+    images, scored on the last 10,000 — for selecting θ or a baseline's lr without touching the test split).
+    ``method='bp'``: backprop-SGD at ``lr`` on the same net, batches and seeds."""
+    run, data, test = _plugin_runner(rcfg, width, steps, seeds, validation, method, batch, data_dir)
+    if method != "rule":
+        theta = {"c": jnp.zeros((2, len(ml.TERMS))), "loglr": jnp.full((2,), math.log(lr), jnp.float32)}
+    acc, div = run(theta, data, test)
+    acc = np.asarray(acc)
+    return {"mean": float(acc.mean()), "sd": float(acc.std(ddof=1)) if seeds > 1 else 0.0,
+            "per_seed": acc.tolist(), "diverged": np.asarray(div).tolist()}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``python -m localrules.meta eval|plugin theta=<dir> ...``."""
+
+    theta: str = ""
+    """θ directory or shipped name ('' = θ₀)."""
+    horizons: tuple[int, ...] = (100, 1000, 2000)
+    """eval: inner horizons of the meta-test tasks; plugin: training steps (batch 16)."""
+    tasks: int = 64
+    """eval: meta-test tasks per horizon."""
+    ways: int = 5
+    """eval: classes per meta-test task."""
+    width: int = 64
+    """eval: hidden width of the meta-test net; plugin: hidden width of 784-width-10."""
+    dim: int = 64
+    """eval: projection dimension."""
+    seeds: int = 3
+    """plugin: seeds."""
+    out: str = ""
+    """Write the results as JSON here ('' = print only)."""
+
+
+def _parse(cls, tokens):
+    """key=value tokens; ``preset=<name or file>`` reads a ``sweeps/meta_*.toml`` file's [base] table first."""
+    from localrules import cli
+
+    items = []
+    for t in tokens:
+        k, v = cli.split_token(t)
+        if k == "preset":
+            from localrules.sweep import read_sweep, sweep_path
+
+            _, combos = read_sweep(sweep_path(v))
+            items = list(combos[0]) + items
+        else:
+            items.append((k, v))
+    return cli.apply_overrides(cls(), items)
+
+
+def plugin(ec: EvalConfig, log=print) -> dict:
+    theta, meta = ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})
+    fam = meta.get("family", {})
+    rcfg = ml.Config(feedback=fam.get("feedback", "dfa"))
+    res = {}
+    for T in ec.horizons:
+        r = {"theta": plugin_accuracy(rcfg, theta, ec.width, T, ec.seeds),
+             "dfa_theta0": plugin_accuracy(rcfg, ml.init_theta(), ec.width, T, ec.seeds)}
+        for name, mk in (("dfa", lambda lr: {"c": ml.init_theta()["c"], "loglr": jnp.full((2,), math.log(lr))}),
+                         ("random_features", random_features_theta)):
+            best = None
+            for lr in LR_GRID:  # lr chosen on the validation split, reported on the test split
+                v = plugin_accuracy(rcfg, mk(lr), ec.width, T, ec.seeds, validation=True)["mean"]
+                if best is None or v > best[0]:
+                    best = (v, lr)
+            r[name] = {**plugin_accuracy(rcfg, mk(best[1]), ec.width, T, ec.seeds), "lr": best[1]}
+        best = None
+        for lr in LR_GRID:
+            v = plugin_accuracy(rcfg, None, ec.width, T, ec.seeds, validation=True, method="bp", lr=lr)["mean"]
+            if best is None or v > best[0]:
+                best = (v, lr)
+        r["bp_sgd"] = {**plugin_accuracy(rcfg, None, ec.width, T, ec.seeds, method="bp", lr=best[1]), "lr": best[1]}
+        res[T] = r
+        log(f"  {T} steps: " + "  ".join(f"{n} {100 * v['mean']:.2f}±{100 * v['sd']:.2f}"
+                                        + (f" (lr {v['lr']})" if "lr" in v else "") for n, v in r.items()))
+    return res
+
+
+USAGE = """usage: python -m localrules.meta train [preset=<sweeps/meta_*.toml>] [key=value ...]     meta-train θ
+       python -m localrules.meta eval theta=<dir> [horizons=[100,1000]] [tasks=64]   meta-test on held-out tasks
+       python -m localrules.meta plugin theta=<dir> [horizons=[1000]] [seeds=3]      full 10-way Fashion-MNIST"""
+
+
+def main(argv=None) -> int:
+    from localrules import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("train", "eval", "plugin"):
+        print(USAGE)
+        if argv and argv[0] in ("-h", "--help"):
+            print(cli.render_help(MetaConfig(), "meta train"))
+            return 0
+        return 2
+    try:
+        if argv[0] == "train":
+            mc = _parse(MetaConfig, argv[1:])
+            train(mc, argv=["python -m localrules.meta"] + argv)
+            return 0
+        ec = _parse(EvalConfig, argv[1:])
+        if argv[0] == "eval":
+            theta, meta = ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})
+            fam = meta.get("family", {})
+            rcfg = ml.Config(feedback=fam.get("feedback", "dfa"))
+            dist = Dist(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("dist", {}).items()})
+            res = meta_test(theta, rcfg, dist, ec.horizons, ec.tasks, ways=ec.ways, width=ec.width, dim=ec.dim)
+        else:
+            res = plugin(ec)
+        if ec.out:
+            with open(ec.out, "w") as f:
+                json.dump({"argv": argv, "results": res}, f, indent=1, default=str)
+        return 0
+    except (ValueError, cli.CLIError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
