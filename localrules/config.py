@@ -13,7 +13,7 @@ from typing import Any
 from localrules.architectures import MLPConfig
 from localrules.optim import OptimizerConfig, make_optimizer  # noqa: F401  (re-exported)
 from localrules.rules import backprop
-from localrules.tasks import prototypes
+from localrules.tasks import curriculum as nursery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +24,8 @@ class RunConfig:
     """The learning rule (``rule=<name>``; its fields as ``rule.<field>=...``)."""
     arch: Any = MLPConfig()
     """The architecture (``arch=mlp|cnn|...``; fields as ``arch.<field>=...``)."""
-    task: Any = prototypes.Config()
-    """The task or curriculum (``task=<name>``; fields as ``task.<field>=...``)."""
+    task: Any = nursery.Config()
+    """The task or curriculum (``task=<name>``; fields as ``task.<field>=...``); default: the nursery curriculum."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """Optimizer applied to the rule's pseudo-gradients."""
     batch_size: int = 100

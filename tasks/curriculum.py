@@ -79,10 +79,13 @@ class Config:
     """θ of the real stages (the spec sets it per architecture from the lab's BP reference run)."""
     real_budget: int = 300_000
     """Budget in samples of each real stage."""
+    input: str = "centred"
+    """What the learner sees: centred (canvas − 0.5, in [−0.5, 0.5]) | unit (the [0, 1] canvas as rendered)."""
     blur_robustness: bool = True
     """Evaluate S1/S2 tests at σ ∈ {0, 0.5, 1.5, 3} at init and after every stage."""
 
 
+SHIFT = {"centred": 0.5, "unit": 0.0}
 DEFAULT_THETA = {"S1": 0.90, "S2": 0.90, "S3": 0.75, "S4": 0.75, "S5": 0.85, "S6": 0.65}
 
 
@@ -111,6 +114,8 @@ def _validate(cfg: Config):
         raise ValueError(f"task.real: unknown dataset(s) {bad}; choose from {list(REAL_HEADS)}")
     if cfg.real_position not in ("after_S3", "end"):
         raise ValueError(f"task.real_position={cfg.real_position!r}: choose after_S3 or end")
+    if cfg.input not in SHIFT:
+        raise ValueError(f"task.input={cfg.input!r}: choose centred or unit")
     if cfg.budget <= 0 or cfg.budget_s6 <= 0:
         raise ValueError("task.budget and task.budget_s6 must be positive sample counts")
 
@@ -130,17 +135,23 @@ def global_heads(cfg: Config) -> core.Heads:
     return core.Heads(tuple(names), tuple(sizes))
 
 
-def _pad_heads(task: core.Task, heads: core.Heads) -> core.Task:
-    """Nursery stage tasks label the first 4 heads; with real stages the label matrix gains -1 columns."""
+def _adapt(task: core.Task, heads: core.Heads, shift: float = 0.0) -> core.Task:
+    """The learner's view of a stage: its label matrix padded with -1 columns to the global heads (real stages add
+    heads), and its inputs shifted by ``-shift`` (``input=centred``: the [0, 1] canvas becomes [-0.5, 0.5]) in the
+    training stream and in every test, the 4AFC candidates included."""
     extra = len(heads.names) - len(task.heads.names)
-    if extra == 0:
+    if extra == 0 and shift == 0.0:
         return task
 
     def sample(data, ctx, key, t):
         b = task.sample(data, ctx, key, t)
-        return core.Batch(b.x, jnp.concatenate([b.y, jnp.full((b.y.shape[0], extra), -1, b.y.dtype)], axis=1))
+        y = b.y if extra == 0 else jnp.concatenate([b.y, jnp.full((b.y.shape[0], extra), -1, b.y.dtype)], axis=1)
+        return core.Batch(b.x - shift if shift else b.x, y)
 
-    return task._replace(heads=heads, sample=sample)
+    def evaluate(scores_fn, test):
+        return task.evaluate(lambda x: scores_fn(x - shift), test) if shift else task.evaluate(scores_fn, test)
+
+    return task._replace(heads=heads, sample=sample, evaluate=evaluate)
 
 
 def _real_stage(dataset: str, heads: core.Heads, frames: int, batch_size: int) -> core.Task:
@@ -181,6 +192,18 @@ def _sigmas(cfg: Config, order: list[str]) -> dict[str, float | None]:
     return {s: round(3.0 * f, 3) for s, f in frac.items()}  # sharp_to_blur
 
 
+def stage_order(cfg: Config) -> list[str]:
+    """The procedural stages in training order: as listed (developmental, joint, cyclical), reversed, or permuted by
+    ``order_seed`` (random, growing_random)."""
+    names = list(cfg.stages)
+    if cfg.order == "reverse":
+        return names[::-1]
+    if cfg.order in ("random", "growing_random"):
+        perm = np.asarray(jax.random.permutation(jax.random.PRNGKey(cfg.order_seed), len(names)))
+        return [names[i] for i in perm]
+    return names
+
+
 def plan(cfg: Config, batch_size: int):
     """The training stages (with streams, tests, θ, budgets) in order, and the extra blur-robustness tests."""
     from localrules.curriculum import Stage, mixture
@@ -191,12 +214,9 @@ def plan(cfg: Config, batch_size: int):
     heads = global_heads(cfg)
     names = list(cfg.stages)
     theta = dict(zip(names, cfg.thresholds)) if cfg.thresholds else {s: DEFAULT_THETA[s] for s in names}
-    if cfg.order in ("reverse",):
-        names = names[::-1]
-    elif cfg.order in ("random", "growing_random"):
-        perm = np.asarray(jax.random.permutation(jax.random.PRNGKey(cfg.order_seed), len(names)))
-        names = [names[i] for i in perm]
+    names = stage_order(cfg)
     sig = _sigmas(cfg, names)
+    shift = SHIFT[cfg.input]
 
     def stream(s):
         t = nursery.make_stage(s, batch_size, F, **({"sigma": sig[s]} if sig[s] is not None else {}))
@@ -204,13 +224,13 @@ def plan(cfg: Config, batch_size: int):
             sharp = nursery.make_stage(s, batch_size, F, sigma=0.0)
             m = cfg.mix
             t = mixture([t, sharp], lambda _t: jnp.array([1 - m, m]), batch_size, f"{t.name}+sharp")
-        return _pad_heads(t, heads)
+        return _adapt(t, heads, shift)
 
-    tests = {s: _pad_heads(nursery.make_stage(s, batch_size, F), heads) for s in names}
+    tests = {s: _adapt(nursery.make_stage(s, batch_size, F), heads, shift) for s in names}
     streams = {s: stream(s) for s in names}
     budgets = {s: (cfg.budget_s6 if s == "S6" else cfg.budget) for s in names}
     chances = {s: nursery.STAGES[s].chance for s in names}
-    reals = [(r, _real_stage(r, heads, F, batch_size)) for r in cfg.real]
+    reals = [(r, _adapt(_real_stage(r, heads, F, batch_size), heads, shift)) for r in cfg.real]
     for r, t in reals:
         streams[r], tests[r], budgets[r], theta[r], chances[r] = t, t, cfg.real_budget, cfg.real_threshold, t.chance
     if reals:
@@ -260,7 +280,8 @@ def _blur_tests(cfg: Config, frames: int, heads, batch_size) -> dict:
     for s in ("S1", "S2"):
         if s in cfg.stages:
             for sg in nursery.SIGMAS:
-                out[f"blur/{s}/sigma{sg}"] = _pad_heads(nursery.make_stage(s, batch_size, frames, sigma=sg), heads)
+                out[f"blur/{s}/sigma{sg}"] = _adapt(nursery.make_stage(s, batch_size, frames, sigma=sg), heads,
+                                                   SHIFT[cfg.input])
     return out
 
 

@@ -9,7 +9,7 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from localrules import sweep
 
-TINY = ["task.size=8", "task.test_size=200", "arch.hidden=[16]", "batch_size=16", "timing_steps=3",
+TINY = ["task=prototypes", "task.size=8", "task.test_size=200", "arch.hidden=[16]", "batch_size=16", "timing_steps=3",
         "samples=320", "progress=false", "checkpoint=false"]
 
 
