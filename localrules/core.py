@@ -130,11 +130,46 @@ def correct(scores: jax.Array, y: jax.Array, heads: Heads) -> tuple[jax.Array, j
 
 
 class Rule(NamedTuple):
-    """A learning rule: pure ``init``/``update`` (see module docstring) and a read-out ``predict``."""
+    """A learning rule: pure ``init``/``update`` (see module docstring) and a read-out ``predict``.
+
+    ``token_scores`` (optional) is the rule's forced-choice scorer (curriculum §2): ``(params, state, x) -> (B,
+    total)`` scores of every answer token for every image, comparable *across images* (the 4AFC tests pick the
+    image whose score for the uttered tokens, summed over tokens, is strictly largest). ``None``: log-softmax of
+    ``predict`` within each head, as for any classifier. Forward-Forward overrides it with its goodness of
+    (image, label).
+    """
 
     init: Callable[[jax.Array, PyTree], PyTree]
     update: Callable[[PyTree, PyTree, Batch, jax.Array], tuple[PyTree, PyTree, Metrics]]
     predict: Callable[[PyTree, PyTree, jax.Array], jax.Array]
+    token_scores: Callable[[PyTree, PyTree, jax.Array], jax.Array] | None = None
+
+
+class Scorer(NamedTuple):
+    """What ``Task.evaluate`` receives: ``scorer(x)`` = read-out scores (argmax accuracy); ``scorer.tokens(x)`` =
+    forced-choice token scores comparable across images (``None``: per-head log-softmax of the read-out)."""
+
+    scores: Callable[[jax.Array], jax.Array]
+    tokens: Callable[[jax.Array], jax.Array] | None = None
+
+    def __call__(self, x):
+        return self.scores(x)
+
+    def token_scores(self, x, heads: "Heads"):
+        if self.tokens is not None:
+            return self.tokens(x)
+        s = self.scores(x)
+        return jnp.concatenate([jax.nn.log_softmax(heads.slice(s, i).astype(jnp.float32), axis=-1)
+                                for i in range(len(heads.sizes))], axis=-1)
+
+    def map_input(self, f: Callable) -> "Scorer":
+        """The same scorer on transformed inputs (a task's adapter: centring, frame repetition)."""
+        return Scorer(lambda x: self.scores(f(x)), None if self.tokens is None else (lambda x: self.tokens(f(x))))
+
+
+def scorer(fn) -> Scorer:
+    """``fn`` as a :class:`Scorer` (a plain ``x -> scores`` function gets the default token scores)."""
+    return fn if isinstance(fn, Scorer) else Scorer(fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +249,9 @@ def compose(rules: Mapping[str, Rule], labels: Sequence[str]) -> Rule:
     def predict_fn(params, state, x):
         return rules[labels[-1]].predict(params, state.states[last], x)
 
-    return Rule(init_fn, update_fn, predict_fn)
+    top = rules[labels[-1]].token_scores  # the read-out's rule also answers the forced choice
+    tokens = None if top is None else (lambda params, state, x: top(params, state.states[last], x))
+    return Rule(init_fn, update_fn, predict_fn, tokens)
 
 
 def layer_labels(params: Sequence[PyTree], labels: Sequence[str]) -> tuple:
@@ -244,7 +281,8 @@ class Task(NamedTuple):
       sample: ``sample(data, ctx, key, t) -> Batch`` for training step ``t``; ``key`` is
         ``fold_in(data_key, t)``. Must be deterministic in ``(key, t)``.
       test: the held-out set as a :class:`Batch` of arrays (or any pytree ``evaluate`` understands).
-      evaluate: ``evaluate(scores_fn, test) -> dict`` of scalars, pure; ``scores_fn(x) -> scores``. Must contain
+      evaluate: ``evaluate(scores_fn, test) -> dict`` of scalars, pure; ``scores_fn(x) -> scores`` (a
+        :class:`Scorer` from the engine; forced-choice tasks read ``scorer(scores_fn).token_scores``). Must contain
         ``"acc"`` (the primary accuracy).
       steps_per_epoch: for finite datasets, steps in one pass; ``None`` for infinite streams.
       chance: accuracy of guessing, for κ = (acc − chance)/(1 − chance).

@@ -90,6 +90,9 @@ def make_program(rule: core.Rule, opt: optax.GradientTransformation, arch, task:
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     def evaluate(state: TrainState, test):
-        return task.evaluate(lambda x: rule.predict(state.params, state.rule_state, x), test)
+        tokens = rule.token_scores
+        return task.evaluate(core.Scorer(lambda x: rule.predict(state.params, state.rule_state, x),
+                                         None if tokens is None else
+                                         (lambda x: tokens(state.params, state.rule_state, x))), test)
 
     return Program(init, step, chunk, evaluate, sample)

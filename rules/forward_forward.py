@@ -458,7 +458,9 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
 
         return jax.vmap(scores, out_axes=1)(cfg.label_strength * jnp.eye(T, dtype=jnp.float32))
 
-    return core.Rule(init_fn, update_fn, predict_fn)
+    # the curriculum's 4AFC forced choice compares images by their goodness with the uttered label (curriculum §2)
+    token_scores = predict_fn if cfg.classifier == "goodness" else None
+    return core.Rule(init_fn, update_fn, predict_fn, token_scores)
 
 
 # ------------------------------------------------------------------------------------------- optimizer

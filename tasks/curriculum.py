@@ -149,7 +149,8 @@ def _adapt(task: core.Task, heads: core.Heads, shift: float = 0.0) -> core.Task:
         return core.Batch(b.x - shift if shift else b.x, y)
 
     def evaluate(scores_fn, test):
-        return task.evaluate(lambda x: scores_fn(x - shift), test) if shift else task.evaluate(scores_fn, test)
+        return task.evaluate(core.scorer(scores_fn).map_input(lambda x: x - shift), test) if shift else \
+            task.evaluate(scores_fn, test)
 
     return task._replace(heads=heads, sample=sample, evaluate=evaluate)
 
@@ -171,7 +172,7 @@ def _real_stage(dataset: str, heads: core.Heads, frames: int, batch_size: int) -
         return core.Batch(to_frames(b.x), y)
 
     def evaluate(scores_fn, test):
-        return base.evaluate(lambda x: scores_fn(to_frames(x))[..., off:off + k], test)
+        return base.evaluate(lambda x: core.scorer(scores_fn).map_input(to_frames)(x)[..., off:off + k], test)
 
     return core.Task(f"real/{dataset}", heads, (frames,) + base.input_shape, base.data, base.context, sample,
                      base.test, evaluate, None, base.chance)

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from localrules import core
 from localrules.core import Batch, Heads, Task, correct, no_context, per_sample_loss
 
 # --------------------------------------------------------------------------------------------- vocabulary
@@ -652,14 +653,17 @@ def classify_eval(frames: int, primary: str, trained: tuple[str, ...], extra: di
     return evaluate
 
 
-def afc_scores(scores: jax.Array, utter: jax.Array) -> jax.Array:
-    """Forced-choice score per candidate: Σ over the utterance's tokens of log_softmax(head)[token].
+def afc_scores(scores: jax.Array, utter: jax.Array, normalise: bool = True) -> jax.Array:
+    """Forced-choice score per candidate: Σ over the utterance's tokens of the token's score — by default
+    log_softmax(head)[token] of read-out scores; ``normalise=False`` for token scores that are already comparable
+    across images (a rule's own forced-choice scorer, e.g. Forward-Forward's goodness).
 
     ``scores`` (..., 21) of the candidate images, ``utter`` (..., H) broadcastable, -1 = no token in that head.
     """
     total = jnp.zeros(scores.shape[:-1], jnp.float32)
     for i, _ in enumerate(HEADS.sizes):
-        lp = jax.nn.log_softmax(HEADS.slice(scores, i).astype(jnp.float32), axis=-1)
+        lp = HEADS.slice(scores, i).astype(jnp.float32)
+        lp = jax.nn.log_softmax(lp, axis=-1) if normalise else lp
         tok = jnp.broadcast_to(utter[..., i], lp.shape[:-1])
         v = jnp.take_along_axis(lp, jnp.maximum(tok, 0)[..., None], axis=-1)[..., 0]
         total = total + jnp.where(tok >= 0, v, 0.0)
@@ -679,8 +683,8 @@ def afc_eval(frames: int, split: bool, chunk: int = 250):
     def evaluate(scores_fn, test):
         def one(xb, ub, tb):
             c = xb.shape[0]
-            s = scores_fn(_to_frames(xb.reshape((c * 4,) + xb.shape[2:]), frames))
-            return afc_correct(afc_scores(s.reshape(c, 4, -1), ub[:, None, :]), tb)
+            s = core.scorer(scores_fn).token_scores(_to_frames(xb.reshape((c * 4,) + xb.shape[2:]), frames), HEADS)
+            return afc_correct(afc_scores(s.reshape(c, 4, -1), ub[:, None, :], normalise=False), tb)
 
         ok = _map_chunks(one, (test["x"], test["utter"], test["target"]), chunk).astype(jnp.float32)
         if not split:

@@ -181,3 +181,21 @@ def test_centred_input_shifts_the_stream_and_the_tests_by_one_half():
     acc_c = float(st_c.tester.evaluate(scores, st_c.tester.test)["acc"])
     acc_u = float(st_u.tester.evaluate(scores, st_u.tester.test)["acc"])
     assert 0.15 < acc_c < 0.35 and acc_u == 0.0  # centred test images: every "ball" is right; unit: none
+
+
+def test_forced_choice_uses_a_rules_own_token_scorer_instead_of_the_head_softmax():
+    """Every noun gets the same read-out score v(image) = mean pixel: per-head log-softmax makes all four candidates
+    tie (ties are wrong → 0), while a rule's own token scorer (FF's goodness) compares v across images (→ about
+    chance, 0.25)."""
+    from localrules.tasks import nursery
+
+    task = nursery.make_stage("S4", 8, 1)
+
+    def flat(x):
+        v = jnp.mean(x.reshape(x.shape[0], -1), axis=1, keepdims=True)
+        return jnp.broadcast_to(v, (x.shape[0], sum(nursery.HEADS.sizes)))
+
+    acc_softmax = float(task.evaluate(core.Scorer(flat), task.test)["acc"])
+    acc_tokens = float(task.evaluate(core.Scorer(flat, flat), task.test)["acc"])
+    assert acc_softmax == 0.0
+    assert 0.15 < acc_tokens < 0.35
