@@ -15,8 +15,8 @@ bucketed: one compiled meta-step per bucket, buckets visited in turn (T log-spac
 **Meta-loss** = mean query cross-entropy after the inner run, capped at 10 (non-finite → 10), + ``l1``·‖θ‖₁.
 
 **Meta-trainers.** ``method=grad``: ``jax.value_and_grad`` through the inner scan (``jax.checkpoint`` on segments of
-``segment`` steps, so reverse-mode memory is T/segment carries), non-finite gradient entries set to 0, global-norm
-clip ``clip``, Adam ``lr``. ``method=es``: antithetic pairs θ ± σε, all members on the same tasks, vmapped in one jit,
+``segment`` steps, so reverse-mode memory is T/segment carries), per task, a non-finite gradient counts as 0 (the
+derivative of the cap), then global-norm clip ``clip``, Adam ``lr``. ``method=es``: antithetic pairs θ ± σε, all members on the same tasks, vmapped in one jit,
 ĝ = Σ (L₊ − L₋) ε / (2σN), optional rank shaping; for rules whose inner step is not differentiable.
 
 **Outputs** (``out``): ``theta/`` the final θ and ``candidates/step_<n>/`` (θ₀ = step 0 among them), each an orbax
@@ -79,6 +79,27 @@ def meta_gradient(loss_fn: Callable, theta, *args, clip: float | None = 1.0):
     (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(theta, *args)
     g, norm = mask_and_clip(g, clip)
     return loss, aux, g, norm
+
+
+def task_meta_gradient(task_fn: Callable, theta, keys, *args, clip: float | None = 1.0, reg: Callable | None = None):
+    """``method=grad`` over a batch of tasks: per-task ∇θ of ``task_fn(θ, key, *args) -> (L_capped, aux)``; a task
+    whose loss or gradient is non-finite contributes a zero gradient (the derivative of its cap), so one diverged
+    task cannot turn the whole batch's gradient into NaN (0·∞ in the backward pass of its scan); then the mean,
+    ``reg(θ)``'s gradient, non-finite → 0 and the global-norm clip. Returns (mean loss, mean aux, g, raw norm)."""
+
+    def one(k):
+        (L, aux), g = jax.value_and_grad(task_fn, has_aux=True)(theta, k, *args)
+        ok = core.tree_all_finite(g) & jnp.isfinite(L)
+        return jnp.where(jnp.isfinite(L), L, CAP), aux, jax.tree.map(lambda a: jnp.where(ok, a, 0.0), g)
+
+    L, aux, g = jax.vmap(one)(keys)
+    g = jax.tree.map(lambda a: jnp.mean(a, 0), g)
+    L = jnp.mean(L)
+    if reg is not None:
+        r, gr = jax.value_and_grad(reg)(theta)
+        L, g = L + r, jax.tree.map(jnp.add, g, gr)
+    g, norm = mask_and_clip(g, clip)
+    return L, jnp.mean(aux), g, norm
 
 
 def es_gradient(loss_fn: Callable, theta, key, *args, sigma: float = 0.05, pairs: int = 16, rank: bool = False,
@@ -389,9 +410,8 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     bks = buckets(dist)
     steps = {}
     for b in bks:
-        loss_fn = batch_loss(make_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes,
-                                          segment=mc.segment), mc.l1)
-        steps[b] = jax.jit(_make_meta_step(loss_fn, opt, mc))
+        task_fn = make_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes, segment=mc.segment)
+        steps[b] = jax.jit(_make_meta_step(task_fn, opt, mc))
     os.makedirs(mc.out, exist_ok=True)
     writer = tb.Writer(os.path.join(mc.out, "tb"))
     flops = {b: inner_flops(rcfg, theta, dist, b, mc.method, mc.tasks, mc.pairs) for b in bks}
@@ -462,11 +482,14 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     return summary
 
 
-def _make_meta_step(loss_fn, opt, mc: MetaConfig):
+def _make_meta_step(task_fn, opt, mc: MetaConfig):
+    loss_fn = batch_loss(task_fn, mc.l1)
+
     def step(theta, opt_state, key, data):
         keys = jax.random.split(key, mc.tasks + 1)
         if mc.method == "grad":
-            loss, acc, g, norm = meta_gradient(loss_fn, theta, keys[1:], data, clip=mc.clip)
+            reg = (lambda t: mc.l1 * jnp.sum(jnp.abs(t["c"]))) if mc.l1 else None
+            loss, acc, g, norm = task_meta_gradient(task_fn, theta, keys[1:], data, clip=mc.clip, reg=reg)
         else:
             loss, acc, g, norm = es_gradient(loss_fn, theta, keys[0], keys[1:], data, sigma=mc.sigma,
                                              pairs=mc.pairs, rank=mc.rank, clip=mc.clip)
@@ -483,7 +506,7 @@ def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta
                  lr: float = 1e-2, l1: float = 1e-3):
     """Spec §4.2: meta-train the 27-term polynomial rule Δw_i = η Σ θ_abc x_i^a y^b w_i^c (a, b, c ∈ {0, 1, 2}) of
     one linear neuron y = wᵀx on tasks whose best answer is the first principal component with ‖w‖ = 1 — the task
-    Oja's rule solves. Same estimator as ``method=grad`` (:func:`meta_gradient`: capped loss, non-finite → 0,
+    Oja's rule solves. Same estimator as ``method=grad`` (:func:`task_meta_gradient`: capped loss, non-finite → 0,
     global-norm clip 1), Adam ``lr``, all meta-steps in one ``lax.scan``. Returns (θ (27,), seconds)."""
     powers = jnp.asarray([(a, b, c) for a in range(3) for b in range(3) for c in range(3)], jnp.float32)
     lam = jnp.asarray([4.0] + [1.0] * (d - 1))
@@ -503,8 +526,8 @@ def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta
         n2 = jnp.sum(w * w)
         return cap_loss(1.0 - jnp.dot(w, Q[:, 0]) ** 2 / n2 + (n2 - 1.0) ** 2)
 
-    def loss_fn(theta, keys):
-        return jnp.mean(jax.vmap(task_loss, in_axes=(None, 0))(theta, keys)) + l1 * jnp.sum(jnp.abs(theta)), 0.0
+    def task_fn(theta, key):
+        return task_loss(theta, key), 0.0
 
     opt = optax.adam(lr)
     root = jax.random.PRNGKey(seed)
@@ -515,15 +538,16 @@ def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta
         def step(carry, i):
             th, s = carry
             keys = jax.random.split(jax.random.fold_in(root, i + 1), tasks)
-            _, _, g, _ = meta_gradient(loss_fn, th, keys)
+            L, _, g, norm = task_meta_gradient(task_fn, th, keys, reg=lambda t: l1 * jnp.sum(jnp.abs(t)))
             u, s = opt.update(g, s, th)
-            return (optax.apply_updates(th, u), s), None
+            return (optax.apply_updates(th, u), s), (L, norm)
 
-        return jax.lax.scan(step, (theta, opt.init(theta)), jnp.arange(steps))[0][0]
+        (th, _), hist = jax.lax.scan(step, (theta, opt.init(theta)), jnp.arange(steps))
+        return th, hist
 
     t0 = time.time()
-    theta = jax.block_until_ready(run(theta0))
-    return theta, time.time() - t0
+    theta, hist = jax.block_until_ready(run(theta0))
+    return theta, time.time() - t0, hist
 
 
 # ------------------------------------------------------------------------------------------ evaluation
