@@ -32,6 +32,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": jax.nn.gelu,
     "elu": jax.nn.elu,
     "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "softplus10": lambda x: jax.nn.softplus(10.0 * x) / 10.0,  # softplus with β = 10 (Shervani-Tabar & Rosenbaum)
 }
 
 
