@@ -225,8 +225,8 @@ def test_offline_without_files_stops_with_the_loaders_error(tmp_path, capsys):
     rc = sweep.main(["task=split_mnist", f"out={tmp_path / 'runs'}", "progress=false"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error: run backprop-split_mnist-") and "dataset 'mnist' (MNIST), split 'train', was not " \
-        "found and downloads are disabled" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "dataset 'mnist' (MNIST), split 'train', was not found and downloads are disabled" in err
 
 
 @pytest.mark.skipif(not SYSTEM_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
