@@ -221,8 +221,40 @@ def _is_primary(field: str, name: str) -> bool:
     return True
 
 
+def _owners(group: str, rel: str) -> list[str]:
+    """Registered choices of the choice field ``group`` (e.g. ``arch``) whose config has the dotted key ``rel``."""
+    choices = _choices(group) if group else None
+    if not choices:
+        return []
+    out = []
+    for n, cls in choices.items():
+        if not _is_primary(group, n):
+            continue
+        try:
+            if rel in all_keys(cls()):
+                out.append(n)
+        except Exception:  # a config without defaults cannot be listed; it is simply not suggested
+            pass
+    return sorted(out)
+
+
 def _unknown_key(cfg: Any, full_key: str, path: list[str]) -> CLIError:
     prefix = full_key[: len(full_key) - len(".".join(path))]
+    group, rel = prefix[:-1], ".".join(path)
+    # a setting of another rule/arch/task than the chosen one (arch.channels on arch=mlp): name its owners
+    owners = _owners(group, rel)
+    if owners:
+        chosen = [n for n, c in (_choices(group) or {}).items() if type(cfg) is c and _is_primary(group, n)]
+        here = f" for {group}={chosen[0]}" if chosen else ""
+        return CLIError(f"unknown key {full_key!r}{here}: it is a setting of {_kind(group)} "
+                        f"{', '.join(owners)}; choose one with {group}=<name> or drop {full_key}")
+    # a top-level key that lives in a group (data_dir= for task.data_dir=)
+    if not prefix:
+        for f in dataclasses.fields(cfg):
+            owners = _owners(f.name, rel)
+            if owners:
+                return CLIError(f"unknown key {full_key!r}. Did you mean '{f.name}.{rel}' (a setting of "
+                                f"{_kind(f.name)} {', '.join(owners)})?")
     keys = all_keys(cfg, prefix)
     close = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.5)
     if not close:  # maybe the leaf name alone is close to a key somewhere

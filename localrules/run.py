@@ -8,12 +8,18 @@ uninterrupted run. The returned record is what ``results.jsonl`` stores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
+import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -50,10 +56,23 @@ def build(cfg: RunConfig) -> Built:
         raise ValueError(f"batch_size={cfg.batch_size}: must be a positive integer")
     if cfg.seeds <= 0:
         raise ValueError(f"seeds={cfg.seeds}: must be ≥ 1")
+    for key, value, hint in (("epochs", cfg.epochs, "0 = train for samples=N"),
+                             ("eval_every", cfg.eval_every, "0 = about 10 evaluations per run"),
+                             ("timing_steps", cfg.timing_steps, "0 = skip timing")):
+        if not value >= 0:
+            raise ValueError(f"{key}={value}: must be ≥ 0 ({hint})")
+    for key, ocfg in _optimizers(cfg):
+        if not math.isfinite(ocfg.lr):
+            raise ValueError(f"{key}.lr={ocfg.lr}: the learning rate must be a finite number > 0, e.g. {key}.lr=1e-3")
     task_spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
     rule_spec = rules_registry.RULES[rules_registry.name_of(cfg.rule)]
     task = task_spec.make(cfg.task, cfg.batch_size)
     arch = architectures.build(cfg.arch, task.input_shape, task.heads.total)
+    if not any(layer.kind == "conv" for layer in arch.layers):
+        for key, value in _conv_options(cfg.rule):
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise ValueError(f"{key}={shown}: rule options named conv_* act on conv layers only and {arch.name} has "
+                             f"none; drop {key} or choose an architecture with conv layers (e.g. arch=cnn)")
     rule = rule_spec.make(cfg.rule, arch, task.heads)
     if cfg.epochs > 0:
         if not task.steps_per_epoch:
@@ -78,6 +97,31 @@ def build(cfg: RunConfig) -> Built:
     if rule_spec.cost_config is not None:
         counted = make_program(rule_spec.make(rule_spec.cost_config(cfg.rule), arch, task.heads), opt, arch, task)
     return Built(task, arch, rule, opt, program, counted, total, chunk, rule_spec.name, task_spec.name, arch.name)
+
+
+def _conv_options(rule_cfg, prefix: str = "rule"):
+    """The rule's ``conv_*`` options (a composition's parts included) that differ from their defaults."""
+    for f in dataclasses.fields(rule_cfg):
+        v = getattr(rule_cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            yield from _conv_options(v, f"{prefix}.{f.name}")
+        elif f.name.startswith("conv_"):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if v != default:
+                yield f"{prefix}.{f.name}", v
+
+
+def _optimizers(cfg, prefix: str = ""):
+    """Every optimizer config inside ``cfg`` (the run's, a composition's parts, a rule's own) with its key."""
+    from localrules.optim import OptimizerConfig
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, OptimizerConfig):
+            yield prefix + f.name, v
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            yield from _optimizers(v, prefix + f.name + ".")
 
 
 def git_revision() -> str | None:
@@ -120,43 +164,175 @@ def _arch_name(cfg) -> str:
     raise TypeError
 
 
-class Checkpointer:
-    """orbax checkpoints of (vmapped TrainState, history) in ``<run_dir>/ckpt``; writes are atomic (orbax writes
-    to a temporary directory and renames), so a kill during a save leaves the previous checkpoint loadable."""
+#: Config fields that do not change what a run computes (where it writes, what it prints); a run's identity
+#: (its run id, the config its checkpoint must match) ignores them.
+NON_IDENTITY = ("name", "out", "progress", "timing_steps", "checkpoint")
 
-    def __init__(self, directory: str, config_json: dict):
+
+def identity(config_json: dict) -> dict:
+    """The part of a :func:`config_dict` that decides what a run computes."""
+    return {k: v for k, v in config_json.items() if k not in NON_IDENTITY}
+
+
+class RunError(RuntimeError):
+    """A run cannot go on for a reason the user can fix; the message is one line naming the problem and the fix."""
+
+
+def _first_difference(a, b, key: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k, "<unset>") != b.get(k, "<unset>"):
+                return _first_difference(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{key}.{k}" if key else str(k))
+        return key or "?"
+    return f"{key}: {a!r} there, {b!r} here"
+
+
+def state_digest(state) -> str:
+    """sha256 over every array of a (host) pytree: a checkpoint stores it and a restore must reproduce it, so a
+    checkpoint whose bytes changed on disk (bit rot, a torn copy) is never loaded."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(state)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class Checkpointer:
+    """orbax checkpoints of (vmapped TrainState, history) in ``<run_dir>/ckpt``.
+
+    Writes are atomic (orbax writes to a temporary directory and renames; leftovers of a killed write are removed
+    when the next process opens the directory). A restore checks the stored config against this run's (a
+    checkpoint from another configuration is refused, :class:`RunError`) and the stored digest of the state
+    against the restored arrays; an unreadable or altered checkpoint is deleted with a warning and the previous
+    one is tried, so a corrupt checkpoint is never loaded (``None`` when none is left: the run starts over)."""
+
+    def __init__(self, directory: str, config_json: dict, log=print):
         import orbax.checkpoint as ocp
 
         self.ocp = ocp
+        self.log = log
         self.config_json = config_json
-        self.mgr = ocp.CheckpointManager(os.path.abspath(directory),
+        self.directory = os.path.abspath(directory)
+        self.mgr = ocp.CheckpointManager(self.directory,
                                          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                                                              enable_async_checkpointing=False))
+                                                                              enable_async_checkpointing=False,
+                                                                              cleanup_tmp_directories=True))
 
     def latest(self):
         return self.mgr.latest_step()
 
     def restore(self, template):
+        """The newest readable checkpoint as ``(state, history)``, or None if every checkpoint was unreadable."""
         ocp = self.ocp
-        step = self.mgr.latest_step()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        got = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                             meta=ocp.args.JsonRestore()))
-        meta = got["meta"]
-        if meta.get("config") != self.config_json:
-            raise RuntimeError(f"checkpoint in {self.mgr.directory} was written by another configuration; "
-                               "delete that run directory or use another sweep name")
-        return got["state"], meta["history"]
+        for step in sorted(self.mgr.all_steps(), reverse=True):
+            try:  # the small JSON first: a checkpoint of another config is named as such, whatever its shapes
+                meta = self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                stored, history = meta["config"], meta["history"]
+            except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+                self._discard(step, f"its metadata is unreadable ({type(e).__name__}: {_short(e)})")
+                continue
+            if identity(stored) != identity(self.config_json):
+                raise RunError(f"the checkpoint in {self.directory} was written by another configuration "
+                               f"({_first_difference(identity(stored), identity(self.config_json))}); delete "
+                               f"{os.path.dirname(self.directory)} or use another name=... for this sweep")
+            try:
+                state = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                state = state["state"]
+            except Exception as e:  # noqa: BLE001
+                self._discard(step, f"its arrays are unreadable ({type(e).__name__}: {_short(e)})")
+                continue
+            if meta.get("digest") is not None and state_digest(state) != meta["digest"]:
+                self._discard(step, "its arrays do not match the digest written with them")
+                continue
+            return state, history
+        return None
+
+    def _discard(self, step: int, why: str):
+        self.log(f"  warning: checkpoint {step} in {self.directory} is corrupt: {why}; deleted it")
+        try:
+            self.mgr.delete(step)
+        except Exception:  # noqa: BLE001 - delete by hand what orbax cannot
+            shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        self.mgr.reload()
 
     def save(self, step: int, state, history):
         ocp = self.ocp
-        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave({"config": self.config_json,
-                                                                            "history": history})), force=True)
-        self.mgr.wait_until_finished()
+        meta = {"config": self.config_json, "history": history, "digest": state_digest(state)}
+        with fault_during("checkpoint", self.directory):
+            self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+            self.mgr.wait_until_finished()
 
     def close(self):
         self.mgr.close()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0][:200] if text else "")
+
+
+# --------------------------------------------------------------------------------------- fault injection (tests)
+#
+# ``LOCALRULES_FAULT=<SIGNAL>@<site>:<n>`` (e.g. ``KILL@checkpoint:3``, ``INT@chunk:2``; several separated by
+# commas) delivers SIGNAL to this process the n-th time it reaches ``site``: ``chunk`` (a chunk was trained, its
+# checkpoint not yet written), ``checkpoint`` (while orbax writes a checkpoint: as soon as an item of its temporary
+# directory holds a file) and ``results`` (half of a results.jsonl line is on disk). The reliability tests use it
+# to kill a sweep at exact points; unset, it costs one environment lookup per site.
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def _fault_signal(site: str):
+    spec = os.environ.get("LOCALRULES_FAULT", "")
+    if not spec:
+        return None
+    _FAULT_HITS[site] = _FAULT_HITS.get(site, 0) + 1
+    for item in spec.split(","):
+        sig, _, rest = item.strip().partition("@")
+        where, _, n = rest.partition(":")
+        if where == site and int(n or 1) == _FAULT_HITS[site]:
+            return getattr(signal, "SIG" + sig.upper())
+    return None
+
+
+def fault_point(site: str):
+    sig = _fault_signal(site)
+    if sig is not None:
+        os.kill(os.getpid(), sig)
+
+
+@contextlib.contextmanager
+def fault_during(site: str, directory: str):
+    """Deliver the site's signal while the body writes into ``directory`` (a temporary orbax directory with data
+    in it), or at its end if the write was too quick to be caught."""
+    sig = _fault_signal(site)
+    if sig is None:
+        yield
+        return
+    done, fired = threading.Event(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            for root, _, files in os.walk(directory):
+                # inside an item of the temporary directory: the arrays or the metadata are being written
+                if ".orbax-checkpoint-tmp" in os.path.dirname(root) and files:
+                    fired.set()
+                    os.kill(os.getpid(), sig)
+                    return
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+    if not fired.is_set():
+        os.kill(os.getpid(), sig)
 
 
 def _fmt_eta(s: float) -> str:
@@ -181,12 +357,16 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
 
     state = init(seeds)
     history: list[dict] = []
-    ckpt = Checkpointer(os.path.join(run_dir, "ckpt"), cfg_json) if cfg.checkpoint else None
+    ckpt = Checkpointer(os.path.join(run_dir, "ckpt"), cfg_json, log=log) if cfg.checkpoint else None
     resumed_from = None
     if ckpt is not None and ckpt.latest() is not None:
-        state, history = ckpt.restore(state)
-        resumed_from = int(np.asarray(state.step)[0])
-        log(f"  resuming {run_id} from step {resumed_from}")
+        got = ckpt.restore(state)
+        if got is None:
+            log(f"  no readable checkpoint of {run_id} is left: starting it over")
+        else:
+            state, history = got
+            resumed_from = int(np.asarray(state.step)[0])
+            log(f"  resuming {run_id} from step {resumed_from}")
 
     writers = [tb.Writer(os.path.join(run_dir, f"seed{int(s)}")) for s in np.asarray(seeds)]
     hp_values = _hparams(cfg, b)
@@ -225,6 +405,7 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         step += n
         history.append(_history_row(step, step * cfg.batch_size, ev, metrics, flops_per_step))
         _log_tb(writers, history[-1], ev, metrics, step, flops_per_step, b.task)
+        fault_point("chunk")
         if ckpt is not None:
             ckpt.save(step, state, history)
         if cfg.progress:

@@ -22,22 +22,27 @@ sweep directory are refused (a lock file).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
+import traceback
 from typing import Any
 
 from localrules.cli import CLIError, apply_overrides, render_help, split_token
 from localrules.config import RunConfig
 
 SWEEPS_DIR = os.path.dirname(os.path.abspath(__import__("localrules.sweeps", fromlist=["_"]).__file__))
-_NON_IDENTITY = ("name", "out", "progress", "timing_steps", "checkpoint")
 
 
 def sweep_path(ref: str) -> str:
@@ -127,10 +132,10 @@ def parse(argv: list[str]) -> tuple[list[RunConfig], str | None]:
 
 
 def run_id(cfg: RunConfig) -> str:
-    from localrules.run import config_dict
+    from localrules.run import config_dict, identity
 
     d = config_dict(cfg)
-    ident = {k: v for k, v in d.items() if k not in _NON_IDENTITY}
+    ident = identity(d)
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
     return f"{d['rule']['_name']}-{d['task']['_name']}-{d['arch']['_name']}-{h}"
 
@@ -201,8 +206,18 @@ def repair_results(path: str):
 
 
 def append_result(path: str, record: dict):
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one record as one line, fsynced (a kill mid-write leaves a torn last line that
+    :func:`repair_results` removes)."""
+    from localrules.run import fault_point
+
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(path, "ab") as f:
+        if os.environ.get("LOCALRULES_FAULT"):  # fault-injection tests: half a line on disk, then the signal
+            f.write(line[: len(line) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            fault_point("results")
+            line = line[len(line) // 2:]
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -230,25 +245,59 @@ def table(records: list[dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * n for n in w])] + [fmt(r) for r in rows])
 
 
+def validate(cfgs: list[RunConfig]) -> list[str]:
+    """Build every run before anything is written (a bad value in the 5th run of a grid is refused before the
+    1st trains); returns the run ids. Errors are one-line CLIErrors naming the run when there are several."""
+    from localrules.run import build
+    from localrules.tasks.datasets import DatasetError
+
+    ids = []
+    for cfg in cfgs:
+        rid = run_id(cfg)
+        try:
+            build(cfg)
+        except (ValueError, KeyError, TypeError, DatasetError) as e:
+            msg = str(e.args[0]) if e.args else type(e).__name__
+            raise CLIError((f"run {rid}: " if len(cfgs) > 1 else "") + msg) from None
+        ids.append(rid)
+    return ids
+
+
+def _disk_problem(e: BaseException, where: str) -> str | None:
+    """One line for a failed write (disk full, no permission, read-only), or None if ``e`` is not one."""
+    no = getattr(e, "errno", None)
+    text = str(e)
+    path = getattr(e, "filename", None) or where
+    if no in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "Disk quota exceeded" in text:
+        return (f"no space left on the device holding {path}; free some space (or choose another out=...) and run "
+                "the same command again: finished runs and checkpoints are kept")
+    if no in (errno.EACCES, errno.EPERM, errno.EROFS) or "Read-only file system" in text:
+        return f"cannot write {path} ({getattr(e, 'strerror', None) or text}); choose a writable out=..."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line: exit 0 when every run finished, 2 for a bad command line or config, 1 when a run failed
+    (disk full, an unexpected error: its traceback goes to ``<sweep>/error.log``), 130/143 after Ctrl-C/SIGTERM;
+    never a traceback on the terminal."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         print(render_help(RunConfig(), __doc__.strip().splitlines()[0]))
         return 0
     try:
         cfgs, _ = parse(argv)
+        if not cfgs:
+            raise CLIError("the sweep produced zero runs; check its [grid] and [[runs]]")
+        if len({c.name for c in cfgs}) != 1 or len({c.out for c in cfgs}) != 1:
+            raise CLIError("all runs of one sweep must share name= and out=; set them in [base] or on the command line")
+        validate(cfgs)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not cfgs:
-        print("error: the sweep produced zero runs; check its [grid] and [[runs]]", file=sys.stderr)
-        return 2
-    names = {c.name for c in cfgs}
-    outs = {c.out for c in cfgs}
-    if len(names) != 1 or len(outs) != 1:
-        print("error: all runs of one sweep must share name= and out=", file=sys.stderr)
-        return 2
-    sweep_dir = os.path.join(outs.pop(), names.pop())
+    except KeyboardInterrupt:
+        print("\ninterrupted before the sweep started; nothing was written", file=sys.stderr)
+        return 130
+    sweep_dir = os.path.join(cfgs[0].out, cfgs[0].name)
     try:
         os.makedirs(sweep_dir, exist_ok=True)
         probe = os.path.join(sweep_dir, ".write_test")
@@ -256,24 +305,112 @@ def main(argv: list[str] | None = None) -> int:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        print(f"error: cannot write to output directory {sweep_dir} ({e.strerror}); "
-              "choose a writable out=... or free disk space", file=sys.stderr)
+        why = _disk_problem(e, sweep_dir)
+        print(f"error: cannot write to output directory {sweep_dir}: {why}" if why else
+              f"error: cannot write to output directory {sweep_dir} ({e.strerror}); choose a writable out=... or "
+              "free disk space", file=sys.stderr)
         return 2
+    current: dict[str, Any] = {"run": None}
+    resume = "python -m localrules.sweep " + shlex.join(argv)
+    previous = _on_sigterm_raise_interrupt()
     try:
-        with SweepLock(sweep_dir):
-            return _run_all(cfgs, sweep_dir)
+        with SweepLock(sweep_dir), _library_errors_to(os.path.join(sweep_dir, "error.log")):
+            return _run_all(cfgs, sweep_dir, current)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are in {sweep_dir}/results.jsonl and unfinished ones have checkpoints; "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        sig = getattr(e, "signum", signal.SIGINT)
+        kept = ("unfinished runs resume from their last checkpoint" if all(c.checkpoint for c in cfgs)
+                else "runs with checkpoint=false start over")
+        print(f"\ninterrupted ({signal.Signals(sig).name}): finished runs are in {sweep_dir}/results.jsonl and "
+              f"{kept}; to resume, run the same command again: {resume}", file=sys.stderr)
+        return 128 + int(sig)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line on the terminal, traceback in a file
+        from localrules.run import RunError
+
+        where = f"run {current['run']}: " if current["run"] else ""
+        if isinstance(e, RunError):
+            print(f"error: {where}{e}", file=sys.stderr)
+            return 2
+        disk = _disk_problem(e, sweep_dir)
+        if disk is not None:
+            print(f"error: {where}{disk}", file=sys.stderr)
+            return 1
+        log = os.path.join(sweep_dir, "error.log")
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {resume}\n{traceback.format_exc()}\n")
+            saved = f"its traceback is in {log}"
+        except OSError:
+            saved = "its traceback could not be saved"
+        print(f"error: {where}stopped by an unexpected {type(e).__name__}: {_first_line(e)} ({saved}); finished runs "
+              f"are kept, and the same command resumes the rest once the cause is fixed", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _run_all(cfgs: list[RunConfig], sweep_dir: str) -> int:
+class _QuietFileHandler(logging.FileHandler):
+    def handleError(self, record):  # a full disk must not turn a log line into a traceback on the terminal
+        pass
+
+
+@contextlib.contextmanager
+def _library_errors_to(path: str):
+    """Errors that libraries report from their own threads (orbax's writer threads log a traceback per failed
+    write, e.g. on a full disk) go to ``path`` instead of the terminal, where the sweep prints one line."""
+    absl = logging.getLogger("absl")
+    handler = _QuietFileHandler(path, delay=True, encoding="utf-8")
+    handler.setLevel(logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = absl.propagate, threading.excepthook
+
+    def hook(args):
+        if args.exc_type is SystemExit:
+            return
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback, file=f)
+        except OSError:
+            pass
+
+    absl.addHandler(handler)
+    absl.propagate = False
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        absl.removeHandler(handler)
+        handler.close()
+        absl.propagate, threading.excepthook = saved
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else "(no message)"
+
+
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _on_sigterm_raise_interrupt():
+    """SIGTERM (a scheduler's or ``docker stop``'s polite kill) stops a sweep as cleanly as Ctrl-C."""
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a worker thread): leave signals alone
+        return None
+
+
+def _run_all(cfgs: list[RunConfig], sweep_dir: str, current: dict | None = None) -> int:
     from localrules import tb
-    from localrules.run import build, config_dict, execute, rule_label
+    from localrules.run import config_dict, execute, rule_label
 
     results_path = os.path.join(sweep_dir, "results.jsonl")
     repair_results(results_path)
@@ -298,16 +435,15 @@ def _run_all(cfgs: list[RunConfig], sweep_dir: str) -> int:
     print(f"sweep {sweep_dir}: {len(cfgs)} runs, {len(cfgs) - len(todo)} already finished, {len(todo)} to run")
     for k, (cfg, rid) in enumerate(todo, 1):
         print(f"[{k}/{len(todo)}] {rid}")
-        try:
-            build(cfg)  # validate (cheap) before any output is written
-        except (ValueError, KeyError, TypeError) as e:
-            msg = e.args[0] if e.args else str(e)
-            raise CLIError(f"run {rid}: {msg}") from None
+        if current is not None:
+            current["run"] = rid
         t0 = time.time()
         record = execute(cfg, os.path.join(sweep_dir, rid), rid)
         append_result(results_path, record)
         print(f"  done in {time.time() - t0:.1f} s: test acc {record['acc_mean']:.4f} ± {record['acc_sd']:.4f}"
               f" ({record['status']})")
+    if current is not None:
+        current["run"] = None
     records = [r for r in read_results(results_path) if r["run_id"] in set(ids)]
     print()
     print(table(records))

@@ -954,7 +954,7 @@ def _how_to_provide(spec: DatasetSpec, split: str, downloads_disabled: bool = Tr
         inner = _ARCHIVE_LAYOUTS[spec.format][0][2]
         what = f"this archive (or its extracted folder {inner}/)"
     lines = [f"To provide {spec.title} offline, put {what} in ${ENV_DATA_DIR}/{spec.dirnames[0]}/ "
-             f"(or pass data_dir=...):"]
+             f"(or point task.data_dir=... on the command line, data_dir=... in Python, at a folder holding them):"]
     lines += [f"  {f.name}  <- {' or '.join(f.urls)}" for f in files]
     if downloads_disabled:
         lines.append(f"or allow downloads (unset {ENV_OFFLINE}) to fetch them, hash-verified, into the cache.")
