@@ -62,7 +62,7 @@ def build(cfg: RunConfig) -> Built:
         if not value >= 0:
             raise ValueError(f"{key}={value}: must be ≥ 0 ({hint})")
     for key, ocfg in _optimizers(cfg):
-        if not math.isfinite(ocfg.lr):
+        if not (math.isfinite(ocfg.lr) and ocfg.lr > 0):
             raise ValueError(f"{key}.lr={ocfg.lr}: the learning rate must be a finite number > 0, e.g. {key}.lr=1e-3")
     task_spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
     rule_spec = rules_registry.RULES[rules_registry.name_of(cfg.rule)]

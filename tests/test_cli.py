@@ -45,7 +45,7 @@ def test_bad_command_lines_fail_with_one_line_naming_the_problem(args, needle, c
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["optimizer.lr=-1"], "optimizer.lr=-1.0: the learning rate must be > 0"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0: the learning rate must be a finite number > 0"),
     (["batch_size=0"], "batch_size=0: must be a positive integer"),
     (["arch.hidden=[0]"], "every width must be a positive integer"),
     (["samples=1", "batch_size=8"], "less than one batch"),

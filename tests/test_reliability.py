@@ -120,7 +120,8 @@ BAD_INPUTS = [
                  id="lr-inf"),
     pytest.param([*TINY, "optimizer.lr=nan"], "optimizer.lr=nan: the learning rate must be a finite number",
                  id="lr-nan"),
-    pytest.param([*TINY, "rule=compose", "rule.head_optimizer.lr=0"], "learning rate must be > 0", id="part-lr-0"),
+    pytest.param([*TINY, "rule=compose", "rule.head_optimizer.lr=0"], "rule.head_optimizer.lr=0.0: the learning rate "
+                 "must be a finite number > 0", id="part-lr-0"),
     pytest.param([*TINY, "batch_size=-3"], "batch_size=-3: must be a positive integer", id="negative-batch"),
     pytest.param([*TINY, "seeds=0"], "seeds=0: must be ≥ 1", id="zero-seeds"),
     pytest.param([*TINY, "epochs=-1"], "epochs=-1.0: must be ≥ 0", id="negative-epochs"),
