@@ -118,7 +118,9 @@ def kappa(acc, chance):
 
 def chunking(budget: int, batch: int, exact: bool = False) -> tuple[int, int, int, int]:
     """Chunk lengths (in steps) for a stage: ``small`` ≈ 512 samples while old stages are watched (the first
-    8,192 samples), ``big`` ≈ 8,192 samples afterwards — two compiled programs per stage, whatever the budget.
+    8,192 samples), ``big`` ≈ 8,192 samples (a multiple of ``small``) between evaluations afterwards. The runner
+    executes a big segment as ``big / small`` calls of the one compiled small chunk: one training program per
+    stage, whatever the budget (the host round trip per call is negligible beside ≈ 5 steps of work).
 
     Returns (small, big, window, last_step); the budget is rounded down to whole chunks, or with ``exact`` to
     whole steps (the stage's last chunk is then shorter: one more compiled program).
@@ -257,7 +259,11 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
             step = prog.stage_step
             n = min(small if step < window else big, last_step - step)
             active = np.asarray(prog.graduated_at) < 0
-            new_state, _ = chunks[i](state, st.task.data, seeds, n)
+            new_state, seg = state, n
+            while seg > 0:  # one compiled program per stage: a long segment is several calls of the small chunk
+                m = min(small, seg)
+                new_state, _ = chunks[i](new_state, st.task.data, seeds, m)
+                seg -= m
             # graduated seeds are frozen; every seed keeps the same step counter so batches stay aligned
             state = new_state if active.all() else select(jnp.asarray(active), new_state, state)
             prog.stage_step = step + n

@@ -199,3 +199,22 @@ def test_forced_choice_uses_a_rules_own_token_scorer_instead_of_the_head_softmax
     acc_tokens = float(task.evaluate(core.Scorer(flat, flat), task.test)["acc"])
     assert acc_softmax == 0.0
     assert 0.15 < acc_tokens < 0.35
+
+
+def test_a_stage_compiles_one_training_program_whatever_its_budget(learner):
+    """24,576 samples = the 8,192-sample window of small chunks + two big segments, each run as repeated calls of
+    the same compiled chunk: exactly one compilation of the training chunk for the stage."""
+    compiled = []
+
+    def listen(name, dur, **kw):
+        if name == "/jax/core/compile/backend_compile_duration" and "chunk" in kw.get("fun_name", ""):
+            compiled.append(kw["fun_name"])
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        stages = _stages(learner, thetas=(2.0,), budget=24_576)[:1]
+        _, summary = _run(learner, stages)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert summary["per_stage"][0]["samples_trained"] == 24_576
+    assert len(compiled) == 1, compiled

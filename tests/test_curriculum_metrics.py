@@ -32,8 +32,9 @@ def test_evaluations_fall_at_1024_2048_4096_8192_then_every_8192_samples():
 
 
 def test_a_stage_uses_two_chunk_lengths_whatever_its_budget():
-    """Small chunks (≈512 samples) during the first 8,192 samples, big ones (≈8,192) after: two compiled
-    programs per stage, and the budget is rounded down to whole chunks."""
+    """Small chunks (≈512 samples) during the first 8,192 samples, big segments (≈8,192, a whole number of small
+    chunks, run as repeated calls of the one compiled small chunk) after; the budget is rounded down to whole
+    segments."""
     small, big, window, last = chunking(500_000, 128)
     assert (small, big, window) == (4, 64, 64)
-    assert last * 128 <= 500_000 and (last - window) % big == 0
+    assert last * 128 <= 500_000 and (last - window) % big == 0 and big % small == 0
