@@ -295,6 +295,15 @@ def run_planned(planned: list[Planned], sweep_dir: str, field: str, tag_of, log=
             except DatasetError as e:
                 p.skipped = _data_reason(e)
                 continue
+            except Exception as e:  # noqa: BLE001 - one failed row must not stop the table; traceback to a file
+                import traceback
+
+                with open(os.path.join(sweep_dir, "error.log"), "a", encoding="utf-8") as f:
+                    f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {p.row.label} ({p.run_id})\n"
+                            f"{traceback.format_exc()}\n")
+                p.error = f"{type(e).__name__}: {_first_lines(e)[:300]} (traceback in {sweep_dir}/error.log)"
+                log(f"  failed: {p.error}")
+                continue
             record[field] = tag_of(p)
             append_result(results, record)
             ran.add(p.run_id)
