@@ -301,6 +301,32 @@ def test_ffcode_optimizer_gives_the_readout_its_own_learning_rate_and_weight_cos
     np.testing.assert_allclose(np.asarray(upd[1]["b"]), np.full(4, 0.01 * -0.1), **TOL)
 
 
+def test_ffcode_schedule_length_defaults_to_the_runs_epochs():
+    """rule.ffcode_optimizer with epochs unset takes E from the run (total steps / steps per epoch), as the
+    Fashion-MNIST preset relies on: for a 10-epoch run of 4 steps per epoch ε_t/ε = 1 through epoch 5, then
+    (1 + 2(10 − e))/10 = 0.9, 0.7, 0.5, 0.3, 0.1 in epochs 6..10. Read off the weight-cost part of the step
+    (zero pseudo-gradients: the update is −ε_t·wc·W)."""
+    cfg = ff.Config(ffcode_optimizer=ff.FFCodeOptimizer())
+    arch = ff_mlp.build(ff_mlp.Config(hidden=(4, 3)), (4, 4, 1), 10)
+
+    def make_opt(c=None):
+        pytest.fail("ffcode must not use the run's optimizer")
+
+    make_opt.total_steps, make_opt.steps_per_epoch = 40, 4
+    opt = ff.optimizer(cfg, arch, make_opt)
+    params = jax.tree.map(lambda a: a + 0.5, arch.init(jax.random.PRNGKey(0)))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    step = jax.jit(lambda s, p: opt.update(zeros, s, p))
+    state, gains = opt.init(params), []
+    for _ in range(40):
+        upd, state = step(state, params)
+        gains.append(float(np.mean(np.asarray(upd[1]["w"]) / (-0.01 * 0.001 * np.asarray(params[1]["w"])))))
+    expect = [1.0] * 20 + [g for g in (0.9, 0.7, 0.5, 0.3, 0.1) for _ in range(4)]
+    np.testing.assert_allclose(gains, expect, rtol=1e-4)
+    with pytest.raises(ValueError, match="rule.ffcode_optimizer.epochs"):
+        ff.optimizer(cfg, arch, lambda c=None: None)
+
+
 def test_readout_optimizer_partitions_the_readout_from_the_ff_layers():
     """rule.readout_optimizer.* applies to the output layer only; the FF layers keep the run's optimizer."""
     cfg = ff.Config(readout_optimizer=OptimizerConfig(name="sgd", lr=0.5))
