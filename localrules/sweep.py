@@ -357,10 +357,57 @@ class _QuietFileHandler(logging.FileHandler):
         pass
 
 
+class _TracebacksTo:
+    """A stderr that passes lines through but diverts traceback blocks (``Traceback (most recent call last):`` up
+    to the exception line) to a file: C extensions (tensorstore's I/O threads) print them with ``PyErr_Print``."""
+
+    _STARTS = ("Traceback (most recent call last):", "During handling of the above exception",
+               "The above exception was the direct cause")
+
+    def __init__(self, real, path: str):
+        self.real, self.path, self.buf, self.block = real, path, "", None
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self._line(line + "\n")
+        return len(text)
+
+    def _line(self, line: str):
+        if self.block is None and line.startswith(self._STARTS):
+            self.block = []
+        if self.block is None:
+            self.real.write(line)
+            return
+        self.block.append(line)
+        if line.strip() and not line.startswith((" ", "\t")) and not line.startswith(self._STARTS):
+            self.close_block()  # the exception line ends the block
+
+    def close_block(self):
+        if self.block:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.writelines(self.block)
+            except OSError:
+                pass
+        self.block = None
+
+    def flush(self):
+        if self.buf and self.block is None:
+            self.real.write(self.buf)
+            self.buf = ""
+        self.real.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
 @contextlib.contextmanager
 def _library_errors_to(path: str):
     """Errors that libraries report from their own threads (orbax's writer threads log a traceback per failed
-    write, e.g. on a full disk) go to ``path`` instead of the terminal, where the sweep prints one line."""
+    write, e.g. on a full disk; tensorstore's print one) go to ``path`` instead of the terminal, where the sweep
+    prints one line."""
     absl = logging.getLogger("absl")
     handler = _QuietFileHandler(path, delay=True, encoding="utf-8")
     handler.setLevel(logging.ERROR)
@@ -379,9 +426,14 @@ def _library_errors_to(path: str):
     absl.addHandler(handler)
     absl.propagate = False
     threading.excepthook = hook
+    real_stderr = sys.stderr
+    sys.stderr = _TracebacksTo(real_stderr, path)
     try:
         yield
     finally:
+        diverted, sys.stderr = sys.stderr, real_stderr
+        diverted.flush()
+        diverted.close_block()
         absl.removeHandler(handler)
         handler.close()
         absl.propagate, threading.excepthook = saved
@@ -452,4 +504,9 @@ def _run_all(cfgs: list[RunConfig], sweep_dir: str, current: dict | None = None)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 1:  # a failed run (a full disk) can leave library threads that would report again on the way out
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

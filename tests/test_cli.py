@@ -17,7 +17,7 @@ from localrules.cli import CLIError
 TINY = ["task=prototypes", "task.size=8", "task.test_size=200", "arch.hidden=[16]", "batch_size=16", "timing_steps=0"]
 
 
-def _cli(*args, cwd=None, timeout=180):
+def _cli(*args, cwd=None, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "localrules.sweep", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)

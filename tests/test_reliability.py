@@ -80,7 +80,7 @@ def _cmd(*args):
     return [sys.executable, "-m", "localrules.sweep", *args]
 
 
-def _run(env, *args, fault=None, timeout=300):
+def _run(env, *args, fault=None, timeout=600):
     e = dict(env, LOCALRULES_FAULT=fault) if fault else env
     return subprocess.run(_cmd(*args), capture_output=True, text=True, env=e, timeout=timeout)
 
@@ -227,7 +227,7 @@ def test_the_real_command_line_prints_one_line_and_no_traceback(tmp_path, cli_en
     procs = [subprocess.Popen(_cmd(*args, f"out={tmp_path / str(i)}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=cli_env) for i, (args, _) in enumerate(cases)]
     for p, (args, needle) in zip(procs, cases):
-        out, err = p.communicate(timeout=180)
+        out, err = p.communicate(timeout=600)
         assert p.returncode == 2, (args, err)
         assert needle in _one_error_line(err), err
 
@@ -289,7 +289,7 @@ def faulted(tmp_path_factory, cli_env, sweep_file):
         p1 = subprocess.Popen(_cmd(*args, f"out={k}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(cli_env, LOCALRULES_FAULT=f"STOP@chunk:{n_int}"))
         procs.append(p1)
-        _wait(lambda: _stopped(p1.pid), p1, 300, f"the sweep to reach chunk {n_int}")
+        _wait(lambda: _stopped(p1.pid), p1, 600, f"the sweep to reach chunk {n_int}")
         # 2. ... a second process (this one) on the same directory is refused meanwhile ...
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -299,7 +299,7 @@ def faulted(tmp_path_factory, cli_env, sweep_file):
         # ... and the user presses Ctrl-C
         p1.send_signal(signal.SIGINT)
         p1.send_signal(signal.SIGCONT)
-        seen["sigint"] = (p1.wait(timeout=120), p1.stdout.read(), p1.stderr.read())
+        seen["sigint"] = (p1.wait(timeout=600), p1.stdout.read(), p1.stderr.read())
         seen["after_sigint"] = _records(k)
 
         # 3. the uninterrupted reference starts together with the next faulty process: two sweeps at once
@@ -315,7 +315,7 @@ def faulted(tmp_path_factory, cli_env, sweep_file):
         seen["results_bytes_after_kill"] = (k / "rel" / "results.jsonl").read_bytes()
         # (with progress lines on: a setting that changes no result must not stop a resume)
         seen["final"] = _run(cli_env, *args, f"out={k}", "progress=true")
-        a_out, a_err = a.communicate(timeout=300)
+        a_out, a_err = a.communicate(timeout=600)
         seen["ref"] = (a.returncode, a_out, a_err)
     finally:  # a failed step must not leave a stopped or running sweep behind
         for p in procs:
@@ -411,6 +411,9 @@ def test_a_checkpoint_from_another_config_is_refused(tmp_path, capsys):
     assert (tmp_path / "rel" / rid / "ckpt" / "2").is_dir()  # refused, not deleted
 
 
+# A failed tensorstore read can leave a callback that fires after orbax closed its event loop ("Exception
+# ignored in: None"); that is orbax's noise about the corrupt file this test planted, not a failure.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_checkpoint_is_never_loaded(tmp_path):
     """Bytes changed on disk (orbax/tensorstore load them without complaint) and a truncated array file: each is
     detected, deleted with a warning, and the previous checkpoint is restored."""
