@@ -198,13 +198,24 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
     square = [st.name for st in test_stages] == [st.name for st in stages]
     programs = [make_program(rule, opt, arch, st.task) for st in stages]
     init = jax.jit(jax.vmap(programs[0].init))
-    chunks = [jax.jit(jax.vmap(p.chunk, in_axes=(0, None, 0, None)), static_argnums=3) for p in programs]
-    _ev = lambda task: jax.jit(jax.vmap(make_program(rule, opt, arch, task).evaluate, in_axes=(0, None)))  # noqa
+    vchunk = lambda p, **kw: jax.jit(jax.vmap(p.chunk, in_axes=(0, None, 0, None)), static_argnums=3, **kw)  # noqa
+    # the donating twin reuses the state's buffers in place (no fresh ~20 MB allocation and its page faults per call);
+    # the plain one is needed only while graduated seeds are frozen (the old state is still read by the select)
+    chunks = [vchunk(p) for p in programs]
+    chunks_donating = [vchunk(p, donate_argnums=0) for p in programs]
+    ev_cache = {}
+
+    def _ev(task):  # one compiled evaluator per evaluate function: tests that differ only in their data share it
+        key = id(task.evaluate)
+        if key not in ev_cache:
+            ev_cache[key] = (task.evaluate, jax.jit(jax.vmap(make_program(rule, opt, arch, task).evaluate,
+                                                             in_axes=(0, None))))
+        return ev_cache[key][1]
+
     evals = [_ev(st.tester) for st in stages]
     test_evals = evals if square else [_ev(st.tester) for st in test_stages]
     extra_tests = extra_tests or {}
-    extra_evals = {k: (jax.jit(jax.vmap(make_program(rule, opt, arch, t).evaluate, in_axes=(0, None))), t.test)
-                   for k, t in extra_tests.items()}
+    extra_evals = {k: (_ev(t), t.test) for k, t in extra_tests.items()}
     select = jax.jit(_select)
 
     def eval_stage(state, j):
@@ -259,11 +270,12 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
             step = prog.stage_step
             n = min(small if step < window else big, last_step - step)
             active = np.asarray(prog.graduated_at) < 0
-            new_state, seg = state, n
+            new_state, seg, first = state, n, True
             while seg > 0:  # one compiled program per stage: a long segment is several calls of the small chunk
                 m = min(small, seg)
-                new_state, _ = chunks[i](new_state, st.task.data, seeds, m)
-                seg -= m
+                run = chunks[i] if (first and not active.all()) else chunks_donating[i]
+                new_state, _ = run(new_state, st.task.data, seeds, m)
+                seg, first = seg - m, False
             # graduated seeds are frozen; every seed keeps the same step counter so batches stay aligned
             state = new_state if active.all() else select(jnp.asarray(active), new_state, state)
             prog.stage_step = step + n
