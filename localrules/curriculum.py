@@ -136,6 +136,16 @@ def chunking(budget: int, batch: int, exact: bool = False) -> tuple[int, int, in
     return small, big, window, window + (steps - window) // big * big
 
 
+def fixed_budget_acc(curve, budgets=FIXED_BUDGETS) -> dict:
+    """Accuracy at each fixed sample budget: the first evaluation at or after it (evaluations fall on step
+    boundaries: with batch 100 the 65,536-sample mark is evaluated at 67,200); None if the stage stopped earlier."""
+    out = {}
+    for fb in budgets:
+        pts = [a for s_, a in curve if s_ >= fb]
+        out[str(fb)] = pts[0] if pts else None
+    return out
+
+
 def crossed_mark(before: int, after: int) -> bool:
     """Whether an evaluation mark (1,024, 2,048, 4,096, 8,192 samples, then every 8,192) lies in (before, after]:
     the evaluation happens at the first chunk boundary at or after each mark."""
@@ -304,10 +314,7 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
         evs = eval_all(state)
         prog.R.append([e["acc"].tolist() for e in evs])
         curve = prog.curves[st.name]
-        fixed = {}
-        for fb in FIXED_BUDGETS:
-            pts = [a for s_, a in curve if s_ == fb]
-            fixed[str(fb)] = pts[0] if pts else None
+        fixed = fixed_budget_acc(curve)
         area = float(np.mean([np.mean(a) for _, a in curve])) if curve else float("nan")
         gap = {}
         if i > 0 and square:

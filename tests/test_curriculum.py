@@ -218,3 +218,10 @@ def test_a_stage_compiles_one_training_program_whatever_its_budget(learner):
         jax.monitoring.unregister_event_duration_listener(listen)
     assert summary["per_stage"][0]["samples_trained"] == 24_576
     assert len(compiled) == 1, compiled
+
+
+def test_fixed_budget_accuracy_is_the_first_evaluation_at_or_after_the_budget():
+    from localrules.curriculum import fixed_budget_acc
+
+    curve = [[58_800, [0.5]], [67_200, [0.6]], [75_600, [0.7]]]
+    assert fixed_budget_acc(curve, (65_536, 67_200, 262_144)) == {"65536": [0.6], "67200": [0.6], "262144": None}
