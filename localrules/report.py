@@ -401,7 +401,7 @@ def r_matrix_png(record: dict) -> tuple[bytes, int, int]:
         for j in range(m.shape[1]):
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
-    ax.set_title(f"R of {label_of(record)}\n(mean of {seeds} seeds)", fontsize=9)
+    ax.set_title(f"R of {label_of(record)}\n(mean of {seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -639,9 +639,12 @@ def to_tensorboard(logdir: str, report_md: str, pngs: list[str]):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-USAGE = ("usage: python -m localrules.report <results.jsonl or sweep folder> ... [readme=README.md] [out=FILE]\n"
+USAGE = ("usage: python -m localrules.report <results.jsonl or sweep folder> ... [readme=README.md] [out=FILE] "
+         "[compare=DIR]\n"
          "Writes the generated Results block (every number with its command, machine and date) into README.md "
-         "between the results markers, into FILE, or to stdout.")
+         "between the results markers, into FILE, or to stdout; compare=DIR also writes the rule-vs-rule report "
+         "DIR/report.md with its PNG plots (accuracy vs FLOPs, R-matrix heatmaps) and a TensorBoard run "
+         "DIR/comparison from the same records.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,15 +652,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0 if argv else 2
-    paths, readme, out = [], None, None
+    paths, readme, out, compare_dir = [], None, None, None
     for a in argv:
         k, eq, v = a.partition("=")
         if eq and k == "readme":
             readme = v
+        elif eq and k == "compare":
+            compare_dir = v
         elif eq and k == "out":
             out = v
         elif eq and not os.path.exists(a):
-            print(f"error: unknown option {k!r}; use readme=README.md or out=FILE (and results.jsonl paths)",
+            print(f"error: unknown option {k!r}; use readme=README.md, out=FILE or compare=DIR (and results.jsonl "
+                  "paths)",
                   file=sys.stderr)
             return 2
         else:
@@ -667,6 +673,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError("no results files given; pass <out>/<sweep>/results.jsonl files, e.g. runs/*/results.jsonl")
         records = load_records(paths)
         block = results_block(records, "python -m localrules.report " + shlex.join(argv))
+        if compare_dir:
+            from localrules.compare import notes_for
+
+            cmds = sorted({command_of(r) for r in records})
+            path, pngs = compare_report(
+                records, compare_dir, title="Rule vs rule: " + ", ".join(sorted({r.get("sweep") or r["task"]
+                                                                                for r in records})),
+                notes=notes_for(records),
+                preamble=["Built by `python -m localrules.report " + shlex.join(argv) + "` from the records of: "
+                          + "; ".join(f"`{c}`" for c in cmds) + "."])
+            with open(path, encoding="utf-8") as f:
+                to_tensorboard(os.path.join(compare_dir, "comparison"), f.read(), pngs)
+            print(f"{path}: {len(records)} records, {len(pngs)} plots; dashboard: tensorboard --logdir {compare_dir}")
         if readme:
             try:
                 with open(readme, encoding="utf-8") as f:

@@ -379,3 +379,20 @@ def test_report_goes_to_tensorboard_as_text_and_images(tmp_path):
     assert png == open(pngs[0], "rb").read() and (int(w), int(h)) == report.png_size(png)
     text = tensor_util.make_ndarray(acc.Tensors("comparison/report")[0].tensor_proto).reshape(-1)[0].decode()
     assert text == md
+
+
+def test_report_cli_builds_the_rule_vs_rule_report_from_existing_records(tmp_path, capsys):
+    res = tmp_path / "runs" / "c"
+    os.makedirs(res)
+    with open(res / "results.jsonl", "w") as f:
+        for rec in (curriculum_rec("backprop", [[0.95, 0.3], [0.9, 0.8]], [0.25, 0.2], graduated=(True, True)),
+                    curriculum_rec("pepita", [[0.9, 0.2], [0.5, 0.6]], [0.25, 0.2])):
+            f.write(json.dumps(rec) + "\n")
+    out = tmp_path / "cmp"
+    assert report.main([str(res / "results.jsonl"), f"compare={out}", f"out={tmp_path / 'block.md'}"]) == 0
+    md = open(out / "report.md").read()
+    assert "| pepita | mlp" in md and "compare=" in md  # the command that built it is stated
+    assert sorted(p.name for p in out.glob("*.png")) == ["R_nursery_developmental_backprop.png",
+                                                         "R_nursery_developmental_pepita.png",
+                                                         "stage_acc_vs_flops_nursery_developmental.png"]
+    assert any((out / "comparison").iterdir())  # the TensorBoard run
