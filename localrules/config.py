@@ -34,6 +34,13 @@ class RunConfig:
     """Training length in samples (rounded down to whole steps); ignored when epochs > 0."""
     epochs: float = 0.0
     """Training length in passes over a finite dataset (0 = use samples)."""
+    val_fraction: float = 0.0
+    """Hold out this fraction of the training set, in (0, 0.5], as a validation split that training never sees
+    (a fixed seeded draw, the same for every seed and rule); its loss and accuracy are recorded at every
+    evaluation. 0 = no split. Image-dataset tasks only (task=fashion_mnist, mnist, ...)."""
+    selection: str = "last"
+    """Which parameters give the run's final numbers: last (the last step) | best_val (per seed, the evaluation
+    with the lowest validation cross-entropy; needs val_fraction > 0; the selected step is recorded)."""
     seeds: int = 1
     """Number of seeds, run as one vmapped program."""
     seed: int = 0

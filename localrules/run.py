@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -48,6 +49,32 @@ class Built(NamedTuple):
     rule_name: str
     task_name: str
     arch_name: str
+    val: Any = None
+    """The held-out validation split (a Batch the task's ``evaluate`` scores) when ``val_fraction > 0``, else None."""
+
+
+SELECTIONS = ("last", "best_val")
+
+
+def _check_selection(cfg: RunConfig, task_spec) -> None:
+    """The validation-split options: values, their combination, and whether the task can hold out a split."""
+    if cfg.selection not in SELECTIONS:
+        raise ValueError(f"selection={cfg.selection!r}: choose last or best_val")
+    f = cfg.val_fraction
+    if f != 0 and not 0.0 < f <= 0.5:
+        raise ValueError(f"val_fraction={f}: must be in (0, 0.5] (e.g. val_fraction=0.1), or 0 for no split")
+    if cfg.selection == "best_val" and f == 0:
+        raise ValueError("selection=best_val needs a validation split: add val_fraction=0.1 (or use selection=last)")
+    if f == 0:
+        return
+    if task_spec.runner is not None:
+        raise ValueError(f"val_fraction={f}: task {task_spec.name!r} is a curriculum (it runs its own stages and "
+                         "tests), which has no validation split; drop val_fraction and selection")
+    if getattr(task_spec, "validation", None) is None:
+        from localrules.tasks import images
+
+        raise ValueError(f"val_fraction={f}: task {task_spec.name!r} has no fixed training set to hold a split out "
+                         f"of; use an image dataset task ({', '.join(images.HEADS)}) or drop val_fraction")
 
 
 def build(cfg: RunConfig) -> Built:
@@ -65,15 +92,24 @@ def build(cfg: RunConfig) -> Built:
         if not (math.isfinite(ocfg.lr) and ocfg.lr > 0):
             raise ValueError(f"{key}.lr={ocfg.lr}: the learning rate must be a finite number > 0, e.g. {key}.lr=1e-3")
     task_spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
+    _check_selection(cfg, task_spec)
     rule_spec = rules_registry.RULES[rules_registry.name_of(cfg.rule)]
-    task = task_spec.make(cfg.task, cfg.batch_size)
+    val = None
+    if cfg.val_fraction:
+        task, val = task_spec.validation(cfg.task, cfg.batch_size, cfg.val_fraction)
+    else:
+        task = task_spec.make(cfg.task, cfg.batch_size)
     arch = architectures.build(cfg.arch, task.input_shape, task.heads.total)
     if not any(layer.kind == "conv" for layer in arch.layers):
         for key, value in _conv_options(cfg.rule):
             shown = str(value).lower() if isinstance(value, bool) else value
             raise ValueError(f"{key}={shown}: rule options named conv_* act on conv layers only and {arch.name} has "
                              f"none; drop {key} or choose an architecture with conv layers (e.g. arch=cnn)")
-    rule = rule_spec.make(cfg.rule, arch, task.heads)
+    if arch.out_dim != task.heads.total and not (rule_spec.name == "counter_current" and cfg.rule.loss == "ae"):
+        raise ValueError(f"arch={_arch_name(cfg.arch)} outputs {arch.out_dim} values, not the task's "
+                         f"{task.heads.total} class scores (an image-to-image network); in the lab only "
+                         "rule=counter_current rule.loss=ae trains it (backprop on reconstruction: python -m "
+                         "localrules.sweeps.ccl_ae_fmnist_png)")
     if cfg.epochs > 0:
         if not task.steps_per_epoch:
             raise ValueError(f"epochs={cfg.epochs}: task {task.name!r} is a stream without epochs; use samples=N")
@@ -87,6 +123,9 @@ def build(cfg: RunConfig) -> Built:
         return make_optimizer(ocfg or cfg.optimizer, total, spe)
 
     make_opt.total_steps, make_opt.steps_per_epoch = total, spe  # for rules with their own schedules (FF ffcode)
+    # a rule whose make() takes make_opt builds its own optimizers (CCL's feedback network) with the run's length
+    rule_kw = {"make_opt": make_opt} if "make_opt" in inspect.signature(rule_spec.make).parameters else {}
+    rule = rule_spec.make(cfg.rule, arch, task.heads, **rule_kw)
     opt = rule_spec.optimizer(cfg.rule, arch, make_opt) if rule_spec.optimizer else make_opt()
     chunk = cfg.eval_every if cfg.eval_every > 0 else max(1, -(-total // 10))
     if spe:
@@ -95,8 +134,10 @@ def build(cfg: RunConfig) -> Built:
     program = make_program(rule, opt, arch, task)
     counted = program
     if rule_spec.cost_config is not None:
-        counted = make_program(rule_spec.make(rule_spec.cost_config(cfg.rule), arch, task.heads), opt, arch, task)
-    return Built(task, arch, rule, opt, program, counted, total, chunk, rule_spec.name, task_spec.name, arch.name)
+        counted = make_program(rule_spec.make(rule_spec.cost_config(cfg.rule), arch, task.heads, **rule_kw), opt,
+                               arch, task)
+    return Built(task, arch, rule, opt, program, counted, total, chunk, rule_spec.name, task_spec.name, arch.name,
+                 val)
 
 
 def _conv_options(rule_cfg, prefix: str = "rule"):
@@ -169,9 +210,15 @@ def _arch_name(cfg) -> str:
 NON_IDENTITY = ("name", "out", "progress", "timing_steps", "checkpoint")
 
 
+#: Config fields added after runs were recorded, with their defaults: at its default such a field is left out of
+#: the identity, so the run ids and checkpoints of runs made before it existed stay valid.
+LATER_DEFAULTS = {"val_fraction": 0.0, "selection": "last"}
+
+
 def identity(config_json: dict) -> dict:
     """The part of a :func:`config_dict` that decides what a run computes."""
-    return {k: v for k, v in config_json.items() if k not in NON_IDENTITY}
+    return {k: v for k, v in config_json.items()
+            if k not in NON_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 class RunError(RuntimeError):
@@ -340,10 +387,49 @@ def _fmt_eta(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+class Selected(NamedTuple):
+    """Per seed (leading axis), the parameters and rule state of the evaluation with the lowest validation loss
+    so far (``selection=best_val``); checkpointed with the training state, so a resumed run keeps them."""
+
+    params: tuple
+    rule_state: Any
+    val_loss: jax.Array
+    """(S,) validation cross-entropy at the selected evaluation; +inf before the first one."""
+    step: jax.Array
+    """(S,) int32 step of the selected evaluation; 0 (the initial parameters) before the first one."""
+
+
+def selection_start(state) -> "Selected":
+    """Nothing selected yet: copies of the initial parameters (the training chunk donates ``state``'s buffers)."""
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    n = state.step.shape[0]
+    return Selected(copy(state.params), copy(state.rule_state), jnp.full((n,), jnp.inf, jnp.float32),
+                    jnp.zeros((n,), jnp.int32))
+
+
+def select_best(best: Selected, state, val_loss: jax.Array) -> Selected:
+    """Per seed, keep ``state``'s parameters where ``val_loss`` is strictly below the best so far (a tie keeps the
+    earlier evaluation; a non-finite loss is never selected). Pure; vmapped seeds on the leading axis."""
+    better = val_loss < best.val_loss
+
+    def pick(old, new):
+        return jnp.where(better.reshape(better.shape + (1,) * (old.ndim - 1)), new, old)
+
+    return Selected(jax.tree.map(pick, best.params, state.params),
+                    jax.tree.map(pick, best.rule_state, state.rule_state),
+                    jnp.where(better, val_loss.astype(best.val_loss.dtype), best.val_loss),
+                    jnp.where(better, state.step, best.step))
+
+
 def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
-    """Train ``cfg`` (all seeds at once) in ``run_dir``; resume from its checkpoint if one exists."""
+    """Train ``cfg`` (all seeds at once) in ``run_dir``; resume from its checkpoint if one exists.
+
+    With ``val_fraction`` the held-out split is scored at every evaluation (history ``val/*``); with
+    ``selection=best_val`` the record's final test metrics are those of each seed's parameters at its evaluation
+    of lowest validation loss (steps > 0), and ``record["selection"]`` names the step and keeps the last step's."""
     spec = tasks_registry.TASKS[tasks_registry.name_of(cfg.task)]
     if spec.runner is not None:
+        _check_selection(cfg, spec)
         return spec.runner(cfg, run_dir, run_id, log)
     t_start = time.time()
     b = build(cfg)
@@ -354,17 +440,22 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
     init = jax.jit(jax.vmap(b.program.init))
     chunk_fn = jax.jit(jax.vmap(b.program.chunk, in_axes=(0, None, 0, None)), static_argnums=3, donate_argnums=0)
     eval_fn = jax.jit(jax.vmap(b.program.evaluate, in_axes=(0, None)))
+    val = b.val
+    select_fn = jax.jit(select_best)
 
     state = init(seeds)
+    best = selection_start(state) if cfg.selection == "best_val" else None
     history: list[dict] = []
     ckpt = Checkpointer(os.path.join(run_dir, "ckpt"), cfg_json, log=log) if cfg.checkpoint else None
     resumed_from = None
     if ckpt is not None and ckpt.latest() is not None:
-        got = ckpt.restore(state)
+        got = ckpt.restore(state if best is None else (state, best))
         if got is None:
             log(f"  no readable checkpoint of {run_id} is left: starting it over")
         else:
             state, history = got
+            if best is not None:
+                state, best = state
             resumed_from = int(np.asarray(state.step)[0])
             log(f"  resuming {run_id} from step {resumed_from}")
 
@@ -384,8 +475,14 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         c["gflops"] = c["flops"] / (c["step_ms"] * 1e-3) / 1e9 if c.get("step_ms") else None
     flops_per_step = c["flops"]
 
+    def evaluate_all(state):
+        ev = jax.device_get(eval_fn(state, test))
+        if val is not None:
+            ev.update({f"val/{k}": v for k, v in jax.device_get(eval_fn(state, val)).items()})
+        return ev
+
     if resumed_from is None:
-        ev = eval_fn(state, test)
+        ev = evaluate_all(state)
         history.append(_history_row(0, 0, ev, {}, flops_per_step))
         _log_tb(writers, history[-1], ev, {}, 0, flops_per_step, b.task)
 
@@ -397,8 +494,9 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         n = min(b.chunk_steps, b.total_steps - step)
         s0 = time.time()
         state, metrics = chunk_fn(state, data, seeds, n)
-        ev = eval_fn(state, test)
-        ev = jax.device_get(ev)
+        ev = evaluate_all(state)
+        if best is not None:
+            best = select_fn(best, state, jnp.asarray(ev["val/loss"]))
         metrics = jax.device_get(metrics)
         if compile_chunk_s is None:
             compile_chunk_s = time.time() - s0
@@ -407,18 +505,39 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         _log_tb(writers, history[-1], ev, metrics, step, flops_per_step, b.task)
         fault_point("chunk")
         if ckpt is not None:
-            ckpt.save(step, state, history)
+            ckpt.save(step, state if best is None else (state, best), history)
         if cfg.progress:
             el = time.time() - t_loop
             rate = (step - done_at_start) * cfg.batch_size * cfg.seeds / max(el, 1e-9)
             eta = (b.total_steps - step) * cfg.batch_size * cfg.seeds / max(rate, 1e-9)
-            acc = np.asarray(ev["acc"])
-            log(f"  {run_id}  step {step}/{b.total_steps}  test acc {acc.mean():.4f}"
+            score = "mse" if "mse" in ev else "acc"
+            vl = f"  val loss {np.asarray(ev['val/loss']).mean():.4f}" if val is not None else ""
+            log(f"  {run_id}  step {step}/{b.total_steps}  test {score} {np.asarray(ev[score]).mean():.4f}{vl}"
                 f"  {rate:,.0f} samples/s  ETA {_fmt_eta(eta)}")
     if ckpt is not None:
         ckpt.close()
 
     final = jax.device_get(eval_fn(state, test))
+    selection = {"mode": cfg.selection, "val_fraction": cfg.val_fraction}
+    if val is not None:
+        selection["val_examples"] = int(val.y.shape[0])
+        last_val = jax.device_get(eval_fn(state, val))
+        if best is None:
+            selection.update(step=[b.total_steps] * cfg.seeds, val_loss=np.asarray(last_val["loss"]).tolist())
+        else:
+            sel_step = np.asarray(best.step).tolist()
+            last_acc = np.asarray(final["acc"], dtype=float)
+            selection.update(step=sel_step, samples=[s * cfg.batch_size for s in sel_step],
+                             val_loss=np.asarray(best.val_loss).tolist(),
+                             last={"step": b.total_steps,
+                                   "final": {k: np.asarray(v, dtype=float).tolist() for k, v in final.items()},
+                                   "val_loss": np.asarray(last_val["loss"]).tolist(),
+                                   "acc_mean": float(last_acc.mean())})
+            last_score = {k: float(np.mean(v)) for k, v in final.items()}
+            final = jax.device_get(eval_fn(state._replace(params=best.params, rule_state=best.rule_state), test))
+            key = "mse" if "mse" in final else "acc"
+            log(f"  {run_id}  selection=best_val (val_fraction={cfg.val_fraction}): selected steps {sel_step}, "
+                f"test {key} {np.asarray(final[key]).mean():.4f} (last step {b.total_steps}: {last_score[key]:.4f})")
     diverged_at = np.asarray(state.diverged_at).tolist()
     n_div = sum(d >= 0 for d in diverged_at)
     status = "ok" if n_div == 0 else ("diverged" if n_div == len(diverged_at) else "partly_diverged")
@@ -445,6 +564,9 @@ def execute(cfg: RunConfig, run_dir: str, run_id: str, log=print) -> dict:
         "final": {k: np.asarray(v, dtype=float).tolist() for k, v in final.items()},
         "acc_mean": float(acc[ok].mean()) if ok.any() else float("nan"),
         "acc_sd": float(acc[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
+        "selection": selection,
+        **({"mse_mean": float(np.mean(final["mse"])), "mse_sd": float(np.std(final["mse"], ddof=1)) if cfg.seeds > 1
+            else 0.0} if "mse" in final else {}),
         "steps": b.total_steps,
         "samples": b.total_steps * cfg.batch_size,
         "compute": {
@@ -487,7 +609,8 @@ def _hparams(cfg: RunConfig, b: Built) -> dict:
 
 def _history_row(step, samples, ev, metrics, flops_per_step) -> dict:
     row = {"step": int(step), "samples": int(samples), "train_flops": float(flops_per_step * step)}
-    row.update({f"test/{k}": np.asarray(v, dtype=float).tolist() for k, v in ev.items()})
+    row.update({(k if k.startswith("val/") else f"test/{k}"): np.asarray(v, dtype=float).tolist()
+                for k, v in ev.items()})
     row.update({f"train/{k}": np.asarray(v, dtype=float).tolist() for k, v in metrics.items()})
     return row
 
@@ -497,7 +620,8 @@ def _log_tb(writers, row, ev, metrics, step, flops_per_step, task):
         vals = {}
         for k, v in ev.items():
             v = np.asarray(v)
-            vals["test/accuracy" if k == "acc" else f"test/{k}"] = float(v[i] if v.ndim else v)
+            tag = {"acc": "test/accuracy", "val/acc": "val/accuracy"}.get(k, k if k.startswith("val/") else f"test/{k}")
+            vals[tag] = float(v[i] if v.ndim else v)
         for k, v in metrics.items():
             v = np.asarray(v)
             vals[f"train/{k}"] = float(v[i] if v.ndim else v)
