@@ -11,8 +11,9 @@ Reference: IandRover/CCL-NeurIPS24, ``models/models_cnn_ae_legacy.py`` (``C2Mode
   they stay at γ = 1, β = 0); batch statistics are used at test time too (see ``ccl_cnn``).
 
 The output is a reconstruction, not class scores: ``out_dim`` is the number of input values. Only a rule with a
-reconstruction objective (``rule=counter_current rule.loss=ae``) trains it; the lab's classification
-``evaluate`` cannot score it (see the rule's docstring for what the lab needs).
+reconstruction objective (``rule=counter_current rule.loss=ae``) trains it in the lab; the image tasks score it by
+the test reconstruction MSE (``test/mse``). Backprop on MSE(output, input) and the reconstruction figure:
+``python -m localrules.sweeps.ccl_ae_fmnist_png``.
 """
 
 from __future__ import annotations

@@ -358,7 +358,8 @@ _PRESET_SHAPES = {"MnistConfig": (28, 28, 1), "FashionMnistConfig": (28, 28, 1),
 
 def test_every_ccl_preset_parses_and_its_rule_traces_one_update_on_the_real_input_shape():
     """The paper presets need datasets that are not on this machine, so check what can be checked offline: each
-    parses, and its architecture and CCL rule trace one update (abstractly, no FLOPs) on the real input shape."""
+    parses, selects by validation loss on a 10 % split as the reference does, and its architecture and CCL rule
+    trace one update (abstractly, no FLOPs) on the real input shape."""
     import glob
     import os
 
@@ -368,6 +369,7 @@ def test_every_ccl_preset_parses_and_its_rule_traces_one_update_on_the_real_inpu
     assert len(files) >= 10
     for f in files:
         for c in sweep.parse([f"sweep={f}"])[0]:
+            assert (c.val_fraction, c.selection) == (0.1, "best_val"), f  # the reference's model selection
             shape = _PRESET_SHAPES[type(c.task).__name__]
             if getattr(c.task, "canvas", False):
                 shape = (32, 32, 3)
@@ -375,9 +377,60 @@ def test_every_ccl_preset_parses_and_its_rule_traces_one_update_on_the_real_inpu
             arch = architectures.build(c.arch, shape, n_out)
             if not isinstance(c.rule, ccl.Config):
                 continue
-            rule = ccl.make(c.rule, arch, core.single_head("y", n_out))
+            rule = ccl.make(c.rule, arch, core.single_head("y", n_out),
+                            make_opt=lambda o: make_optimizer(o, 1000, 100))  # what the lab's build passes
             p = jax.eval_shape(arch.init, jax.random.PRNGKey(0))
             s = jax.eval_shape(rule.init, jax.random.PRNGKey(1), p)
             b = core.Batch(jax.ShapeDtypeStruct((4,) + shape, jnp.float32), jax.ShapeDtypeStruct((4, 1), jnp.int32))
             g = jax.eval_shape(rule.update, p, s, b, jax.random.PRNGKey(2))[0]
             assert jax.tree.structure(g) == jax.tree.structure(p), f
+
+
+def _write_mnist(folder, n_train=96, n_test=40):
+    """Generated MNIST-format files: a fixed smooth pattern per class (7×7 blocks of 4×4 pixels, what a 7×7 code
+    can hold) plus a little noise (no real data needed)."""
+    import struct
+
+    def idx(arr):
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        return b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+    r = np.random.default_rng(0)
+    patterns = np.kron(r.integers(0, 256, (10, 7, 7)), np.ones((1, 4, 4), int))
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = r.integers(0, 10, n)
+        x = np.clip(patterns[y] + r.integers(-10, 11, (n, 28, 28)), 0, 255)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx(x))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(y))
+
+
+def test_the_autoencoder_figure_trains_backprop_and_ccl_and_both_reconstruct_better_than_zero(tmp_path, monkeypatch):
+    """The figure command end to end on a tiny generated dataset: both networks start from the preset's zero output
+    layer (test MSE = mean(x²) of the standardised input), both end below it, the PNG has the three rows, and the
+    lab refuses backprop on the image-to-image network with a one-line pointer to this command."""
+    import json
+
+    from localrules import run
+    from localrules.cli import apply_overrides
+    from localrules.cli import split_token as cli_split
+    from localrules.config import RunConfig
+    from localrules.sweeps import ccl_ae_fmnist_png as fig
+    from localrules.tasks import images
+
+    monkeypatch.setenv("LOCALRULES_OFFLINE", "1")
+    _write_mnist(tmp_path / "data" / "mnist")
+    out = tmp_path / "fig" / "rec.png"
+    common = ["task=mnist", f"task.data_dir={tmp_path / 'data'}", "arch.channels=[4,8]", "batch_size=8"]
+    with jax.enable_x64(False):
+        res = fig.main(common + ["samples=320", "images=3", f"out={out}", "rule.warmup_steps=0", "bp_warmup_steps=0"])
+        b = run.build(fig.sweep_config(common))
+        mean, std = images.normalisation("standard", b.task.data[0])
+        zero = float(jnp.mean(images.prepare(b.task.test.x, mean, std) ** 2))
+        with pytest.raises(ValueError, match=r"only rule=counter_current rule.loss=ae trains it .*ccl_ae_fmnist_png"):
+            run.build(apply_overrides(RunConfig(), [cli_split(t) for t in common + ["arch=ccl_ae", "rule=backprop"]]))
+    assert res["backprop"]["test_mse"] < 0.9 * zero and res["ccl"]["test_mse"] < 0.9 * zero, (res, zero)
+    assert res["steps"] == 40 and res["backprop"]["diverged_at"] == res["ccl"]["diverged_at"] == -1
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(out.with_suffix(".json").read_text())["ccl"]["test_mse"] == res["ccl"]["test_mse"]
