@@ -56,6 +56,16 @@ def normalise(h: jax.Array, kind: str = "rms") -> jax.Array:
     return h / (s + NORM_EPS[kind])
 
 
+def norm_divisor(sumsq: jax.Array, n: int, kind: str = "rms") -> jax.Array:
+    """The divisor of :func:`normalise` from a row's sum of squares over its ``n`` units: sqrt(Σh²/n) + ε (rms) or
+    sqrt(Σh²) + ε (l2). Lets a caller that knows Σh² in pieces (label units + image) scale after the matmul."""
+    if kind == "rms":
+        return jnp.sqrt(sumsq / n) + NORM_EPS[kind]
+    if kind == "l2":
+        return jnp.sqrt(sumsq) + NORM_EPS[kind]
+    raise ValueError(f"normalisation {kind!r}: choose rms or l2")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Forward-Forward MLP (ffcode): label units + flattened input → RMS-normalised dense ReLU layers → read-out."""

@@ -62,6 +62,15 @@ read-out its own (ffcode: 10× the lr, weight cost 0.003). ``rule.ffcode_optimiz
 exact step to both groups (:func:`ffcode_sgd`: smoothing g ← 0.9 g + 0.1 ΔW, W ← W + ε_t (g − wc W), no weight
 cost on biases, ε_t constant to E/2 then ε(1 + 2(E − e))/E).
 
+**Compute** (``arch=ff_mlp``; same arithmetic, fewer operations; ``docs/compute.md``). Layer 1 sees
+[code, x] normalised as one row, so x̂W₁ = (code·W_lab + x·W_img)/d with d = norm_divisor(‖code‖² + ‖x‖²): x·W_img
+and ‖x‖² are computed once per batch and shared by the neutral, positive and negative rows (and by every candidate
+label of the goodness classifier); code·W_lab is a row gather; and since a positive and its negative row share x,
+ΔW_img = xᵀ Σ_{±}(e/d) is one B-row product (the label rows' ΔW_lab a scatter-add). Every normalised layer computes
+norm(h)W as (hW)/d and its ΔW as hᵀ(e/d), so x̂ is never written out. Matmul FLOPs per update, D image inputs,
+hidden N₁..N_L, read-out width R·K: 4BDN₁ + 10B Σ_{ℓ≥2} N_{ℓ−1}N_ℓ + 4BRK (before: 10B Σ_ℓ N_{ℓ−1}N_ℓ with
+N₀ = D + K, + 4BRK); 784-1000-1000-1000 at B = 100: 2,321.6 vs 2,802.0 MFLOP.
+
 Reference code: Hinton's ``ffcode`` (``ffnew.m``, ``ffenergytest.m``, ``ffnormrows.m``) as copied unmodified in
 alessiopittiglio/forward-forward-matlab@e028a035edce ``src/hinton_forward_forward/``; loeweX/Forward-Forward@da516f0
 (``src/ff_model.py``: peer-normalisation loss, straight-through ReLU, uniform negatives); mpezeshki/
@@ -91,7 +100,7 @@ import optax
 
 from localrules import core, local
 from localrules.architectures import act_derivative
-from localrules.architectures.ff_mlp import normalise
+from localrules.architectures.ff_mlp import norm_divisor, normalise
 from localrules.optim import OptimizerConfig
 
 _PARAM_KINDS = ("dense", "conv")
@@ -241,23 +250,21 @@ def goodness(h: jax.Array, kind: str) -> jax.Array:
     return sq / math.prod(h.shape[1:]) if kind == "mean_sq" else sq
 
 
-def layer_update(cfg: Config, layer, p, x_in, m, n_pos: int, row_weight=None):
-    """The local FF update of one layer from stacked rows: the first ``n_pos`` positive, the rest negative.
+def layer_delta(cfg: Config, act, pre, h, m, n_pos: int, row_weight=None):
+    """FF's local error of one layer from its stacked rows (the first ``n_pos`` positive, the rest negative).
 
     Args:
       cfg: the rule's config (goodness, θ, T, peer normalisation).
-      layer: the architecture's layer; ``layer.apply(p, x_in)`` is its forward pass (it may normalise ``x_in``).
-      p: the layer's parameters.
-      x_in: (rows, ...) what the layer receives, already stop-gradiented (and normalised unless the layer does it).
+      act: the layer's activation (h = act(pre)).
+      pre, h: (rows, ...) pre-activation and output of the layer.
       m: running mean activity of every unit (peer normalisation), shape of one row of h.
       n_pos: number of positive rows (= B, the ΔW denominator).
       row_weight: (rows,) 0/1 weight of each row in the FF loss (samples without a label), or None.
 
     Returns:
-      ``(pseudo_grad, m_new, h, stats)``: pseudo_grad = −ΔW with ffcode's scale (½ ∇L_ℓ without the peer term),
-      h the layer's output (rows, ...), stats a dict of scalars.
+      ``(delta, m_new, stats)``: δ of the module docstring (ascent direction w.r.t. ``pre``; the pseudo-gradient
+      is the parameter VJP of −δ/n_pos), the new running mean and a dict of scalars.
     """
-    pre, h = layer.apply(p, x_in)
     rows = h.shape[0]
     n_units = math.prod(h.shape[1:])
     G = goodness(h, cfg.goodness)
@@ -269,7 +276,7 @@ def layer_update(cfg: Config, layer, p, x_in, m, n_pos: int, row_weight=None):
     per_row = jnp.where(is_pos, jax.nn.softplus(-u), jax.nn.softplus(u)) * w
     # c = −∂ℓ_n/∂G_n: (1 − p⁺) on positives, −p⁻ on negatives (ffcode's dCbydin before the ×h)
     c = jnp.where(is_pos, jax.nn.sigmoid(-u), -jax.nn.sigmoid(u)) * (s / cfg.temperature) * w
-    half_dG = h * act_derivative(layer.act, pre)  # ½ ∂G/∂a; = h for ReLU
+    half_dG = h * act_derivative(act, pre)  # ½ ∂G/∂a; = h for ReLU
     if cfg.goodness == "mean_sq":
         half_dG = half_dG / n_units
     delta = c.reshape((rows,) + (1,) * (h.ndim - 1)) * half_dG
@@ -283,7 +290,6 @@ def layer_update(cfg: Config, layer, p, x_in, m, n_pos: int, row_weight=None):
         if cfg.peer_norm == "loewex":
             peer = peer * (1.0 - cfg.peer_momentum) / n_units
         delta = delta + jnp.where(is_pos.reshape((rows,) + (1,) * (h.ndim - 1)), peer[None], 0.0)
-    grad = local.param_grad(layer, p, x_in, -delta / n_pos)
     n_lab = jnp.maximum(jnp.sum(w[:n_pos]), 1.0)
     stats = {
         "loss": jnp.sum(per_row) / n_pos,
@@ -292,7 +298,69 @@ def layer_update(cfg: Config, layer, p, x_in, m, n_pos: int, row_weight=None):
         # ffcode's pairsumerrs: a negative judged more positive than its own positive
         "pair_err": jnp.sum((u[n_pos:] > u[:n_pos]) * w[:n_pos]) / n_lab,
     }
+    return delta, m_new, stats
+
+
+def layer_update(cfg: Config, layer, p, x_in, m, n_pos: int, row_weight=None):
+    """The local FF update of one layer from stacked rows: the first ``n_pos`` positive, the rest negative.
+
+    ``x_in`` is what the layer receives, already stop-gradiented (and normalised unless the layer does it);
+    ``layer.apply(p, x_in)`` is its forward pass. Other arguments as :func:`layer_delta`.
+
+    Returns:
+      ``(pseudo_grad, m_new, h, stats)``: pseudo_grad = −ΔW with ffcode's scale (½ ∇L_ℓ without the peer term),
+      h the layer's output (rows, ...), stats a dict of scalars.
+    """
+    pre, h = layer.apply(p, x_in)
+    delta, m_new, stats = layer_delta(cfg, layer.act, pre, h, m, n_pos, row_weight)
+    grad = local.param_grad(layer, p, x_in, -delta / n_pos)
     return grad, m_new, h, stats
+
+
+# ------------------------------------------------------------------------------------------- split first layer
+
+
+class Labels(NamedTuple):
+    """A label code given by its labels: row n carries strength·heads.one_hot(y[n]) (y = −1: that head is 0)."""
+
+    y: jax.Array
+    """(rows, H) int labels."""
+
+
+def dense_code(code, rows: int, heads: core.Heads, strength: float) -> jax.Array:
+    """Any code form (a shared (T,) vector, (rows, T) rows, :class:`Labels`) as (rows, T) rows."""
+    if isinstance(code, Labels):
+        return strength * heads.one_hot(code.y)
+    if code.ndim == 1:
+        return jnp.broadcast_to(code[None, :], (rows, code.shape[0]))
+    return code
+
+
+def label_rows(w_lab, code, heads: core.Heads, strength: float):
+    """(code·W_lab, ‖code‖²) of the label units: a row gather for :class:`Labels`, one vector-matrix product for a
+    shared (T,) code (→ (N,), ()), a matmul for general rows."""
+    if isinstance(code, Labels):
+        cw, n_on = 0.0, 0.0
+        for h, (o, k) in enumerate(zip(heads.offsets, heads.sizes)):
+            yh = code.y[:, h]
+            on = yh >= 0
+            cw = cw + jnp.where(on[:, None], jnp.take(w_lab, o + jnp.clip(yh, 0, k - 1), axis=0), 0.0)
+            n_on = n_on + on.astype(w_lab.dtype)
+        return strength * cw, (strength * strength) * n_on
+    return code @ w_lab, jnp.sum(code * code, axis=-1)
+
+
+def label_grad(code, ds, heads: core.Heads, strength: float, total: int):
+    """codeᵀ·ds (T, N) — for :class:`Labels` a scatter-add of the rows of ds into their label units."""
+    if isinstance(code, Labels):
+        g = jnp.zeros((total, ds.shape[1]), ds.dtype)
+        for h, (o, k) in enumerate(zip(heads.offsets, heads.sizes)):
+            yh = code.y[:, h]
+            g = g.at[o + jnp.clip(yh, 0, k - 1)].add(jnp.where((yh >= 0)[:, None], strength * ds, 0.0))
+        return g
+    if code.ndim == 1:
+        return jnp.outer(code, jnp.sum(ds, axis=0))
+    return code.T @ ds
 
 
 # ------------------------------------------------------------------------------------------- the rule
@@ -361,7 +429,18 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
     out, ff, first, embed, sources = _analyse(cfg, arch, heads)
     layers = arch.layers
     T = heads.total
-    neutral = neutral_code(heads, cfg.label_strength)
+    strength = cfg.label_strength
+    neutral = neutral_code(heads, strength)
+    d_first = T + math.prod(arch.input_shape)
+    # ff_mlp's first layer sees [label units, image] normalised as one row: x̂W = (code·W_lab + x·W_img)/d(x, code)
+    # with d = norm_divisor(‖code‖² + ‖x‖²). x·W_img and ‖x‖² are then computed once per batch and shared by the
+    # neutral pass, the positive and the negative rows (and every candidate label of the goodness classifier); the
+    # label part is a row gather; ΔW_img = xᵀ Σ_passes (δ/d) takes one B-row product instead of one per pass.
+    split = (embed == "slots" and first == 1 and layers[0].meta.get("label_slots") == T
+             and layers[first].kind == "dense" and layers[first].meta.get("input_norm") in ("rms", "l2")
+             and layers[first].meta.get("d_in") == d_first)
+    # ff_mlp's other layers (normalise inside, a 2-D dense input): computed as (hW)/d + b, see scaled_pre
+    scaled = {i for i in ff if layers[i].kind == "dense" and layers[i].meta.get("input_norm") in ("rms", "l2")}
 
     def prep(i, h):
         h = jax.lax.stop_gradient(h)
@@ -375,26 +454,94 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
             raise ValueError(f"the first layer's input has {flat.shape[1]} values: no room for {T} label units")
         return jnp.concatenate([code.astype(flat.dtype), flat[:, T:]], axis=-1).reshape(h.shape)
 
-    def forward(params, x, code, m=None, n_pos=None, row_weight=None):
-        """One pass; with ``m`` also the local updates.
+    def first_parts(params, x):
+        """(x, x·W_img, ‖x‖²) of the split first layer: per batch, shared by every pass and candidate label."""
+        xf = x.reshape(x.shape[0], -1)
+        return xf, xf @ params[first]["w"][T:], jnp.sum(xf * xf, axis=-1)
 
+    def first_pre(p, parts, code):
+        """Pre-activation of the split first layer for the images under ``code``; rows = code rows (a multiple
+        r of the B images, in r blocks of B), or B for a shared (T,) code. Returns (pre, divisor per row)."""
+        _, xw, xsq = parts
+        B, N = xw.shape
+        cw, csq = label_rows(p["w"][:T], code, heads, strength)
+        norm = layers[first].meta["input_norm"]
+        if cw.ndim == 1:
+            d = norm_divisor(xsq + csq, d_first, norm)
+            pre = (xw + cw[None, :]) / d[:, None]
+        else:
+            r = cw.shape[0] // B
+            d = norm_divisor(jnp.tile(xsq, r) + csq, d_first, norm)
+            pre = ((xw[None] + cw.reshape(r, B, N)) / d.reshape(r, B, 1)).reshape(r * B, N)
+        if "b" in p:
+            pre = pre + p["b"][None, :]
+        return pre, d
+
+    def first_grad(p, parts, code, d, e):
+        """Parameter VJP of the split first layer for the row errors ``e`` (= −δ/B): [codeᵀ(e/d); xᵀ Σ_r (e/d)_r]."""
+        xf = parts[0]
+        B = xf.shape[0]
+        es = e / d[:, None]
+        g = {"w": jnp.concatenate([label_grad(code, es, heads, strength, T),
+                                   xf.T @ jnp.sum(es.reshape(-1, B, es.shape[1]), axis=0)], axis=0)}
+        if "b" in p:
+            g["b"] = jnp.sum(e, axis=0)
+        return g
+
+    def scaled_pre(p, hin, norm):
+        """A normalised dense layer as norm(h)W + b = (hW)/d + b, d = norm_divisor(Σh²): the division moves past
+        the matmul into the bias/activation pass, and x̂ is never written out."""
+        d = norm_divisor(jnp.sum(hin * hin, axis=-1), hin.shape[1], norm)
+        pre = (hin @ p["w"]) / d[:, None]
+        return (pre + p["b"][None, :] if "b" in p else pre), d
+
+    def scaled_grad(p, hin, d, e):
+        """Parameter VJP of :func:`scaled_pre` for the row errors e: x̂ᵀe = hᵀ(e/d), Σ_rows e."""
+        g = {"w": hin.T @ (e / d[:, None])}
+        if "b" in p:
+            g["b"] = jnp.sum(e, axis=0)
+        return g
+
+    def forward(params, x, code, m=None, n_pos=None, row_weight=None, parts=None):
+        """One pass of the images ``x`` (B, ...) under ``code``; with ``m`` also the local updates.
+
+        ``code``: None (no label input), a shared (T,) code, (R, T) rows or :class:`Labels` (R, H), with R = r·B
+        rows (the images repeated r times, in blocks). ``parts``: the split first layer's per-batch products.
         Returns (h per hidden layer, read-out input, pseudo-gradients, new running means, stats).
         """
         h = x
+        if code is not None and embed != "none":
+            rows = code.y.shape[0] if isinstance(code, Labels) else (code.shape[0] if code.ndim == 2 else x.shape[0])
+            if rows != x.shape[0] and not split:
+                h = jnp.tile(x, (rows // x.shape[0],) + (1,) * (x.ndim - 1))
         hs, grads, ms, stats = {}, {}, [], {}
         for i, layer in enumerate(layers[:out]):
             if layer.kind not in _PARAM_KINDS:
-                h = layer.apply({}, h)[1]
+                if not (split and i < first):
+                    h = layer.apply({}, h)[1]
                 continue
-            if i == first:
-                h = write_code(h, code)
-            x_in = prep(i, h)
-            if m is None:
-                h = layer.apply(params[i], x_in)[1]
+            k = ff.index(i)
+            p = params[i]
+            if split and i == first:
+                parts = first_parts(params, x) if parts is None else parts
+                pre, d = first_pre(p, parts, code)
+                h = layer.act(pre)
+                grad_fn = lambda e, p=p, parts=parts, d=d: first_grad(p, parts, code, d, e)
             else:
-                k = ff.index(i)
-                g, mk, h, st = layer_update(cfg, layer, params[i], x_in, m[k], n_pos, row_weight)
-                grads[i] = g
+                if i == first:
+                    h = write_code(h, None if code is None else dense_code(code, h.shape[0], heads, strength))
+                if i in scaled:
+                    hin = jax.lax.stop_gradient(h)
+                    pre, d = scaled_pre(p, hin, layer.meta["input_norm"])
+                    h = layer.act(pre)
+                    grad_fn = lambda e, p=p, hin=hin, d=d: scaled_grad(p, hin, d, e)
+                else:
+                    x_in = prep(i, h)
+                    pre, h = layer.apply(p, x_in)
+                    grad_fn = lambda e, p=p, x_in=x_in, layer=layer: local.param_grad(layer, p, x_in, e)
+            if m is not None:
+                delta, mk, st = layer_delta(cfg, layer.act, pre, h, m[k], n_pos, row_weight)
+                grads[i] = grad_fn(-delta / n_pos)
                 ms.append(mk)
                 stats.update({f"ff{k + 1}/{n}": v for n, v in st.items()})
             hs[i] = h
@@ -409,7 +556,7 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
 
     def init_fn(key, params):
         x0 = jax.ShapeDtypeStruct((1, *arch.input_shape), jnp.float32)
-        code0 = None if embed == "none" else neutral[None, :]
+        code0 = None if embed == "none" else neutral
         hs = jax.eval_shape(lambda p, x: forward(p, x, code0)[0], params, x0)
         m = tuple(jnp.full(hs[i].shape[1:], cfg.peer_init, jnp.float32) for i in ff)
         return FFState(m, jnp.zeros((), jnp.int32))
@@ -423,14 +570,14 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
             _, rin, grads, m_new, stats = forward(params, xs, None, state.mean_activity, B)
             rin = rin[:B]
         else:
-            _, rin, _, _, _ = forward(params, x, jnp.broadcast_to(neutral[None, :], (B, T)))
+            parts = first_parts(params, x) if split else None
+            _, rin, _, _, _ = forward(params, x, neutral, parts=parts)
             z = readout(params, rin)  # the read-out of the neutral pass picks the hard negatives
             y_neg = negative_labels(cfg.negatives, k_neg, jax.lax.stop_gradient(z), y, heads)
-            codes = cfg.label_strength * jnp.concatenate([heads.one_hot(y), heads.one_hot(y_neg)], axis=0)
+            codes = Labels(jnp.concatenate([y, y_neg], axis=0))  # positive rows, then negative rows
             labelled = jnp.any(y >= 0, axis=-1).astype(jnp.float32)
             w = jnp.concatenate([labelled, labelled])
-            _, _, grads, m_new, stats = forward(params, jnp.concatenate([x, x], axis=0), codes,
-                                                state.mean_activity, B, w)
+            _, _, grads, m_new, stats = forward(params, x, codes, state.mean_activity, B, w, parts=parts)
         z = readout(params, rin)
         e = core.output_error(z, y, heads) / B  # softmax CE gradient on stop-gradient inputs: the read-out only
         g_out = local.param_grad(layers[out], params[out], rin, e)
@@ -449,14 +596,14 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
 
     def predict_fn(params, state, x):
         if cfg.classifier == "softmax":
-            code = None if embed == "none" else jnp.broadcast_to(neutral[None, :], (x.shape[0], T))
-            return readout(params, forward(params, x, code)[1])
+            return readout(params, forward(params, x, None if embed == "none" else neutral)[1])
+        parts = first_parts(params, x) if split else None  # shared by every candidate label
 
         def scores(c):  # c (T,): one candidate unit on, every other unit 0
-            hs = forward(params, x, jnp.broadcast_to(c[None, :], (x.shape[0], T)))[0]
+            hs = forward(params, x, c, parts=parts)[0]
             return sign * sum(goodness(hs[i], cfg.goodness) for i in scored)
 
-        return jax.vmap(scores, out_axes=1)(cfg.label_strength * jnp.eye(T, dtype=jnp.float32))
+        return jax.vmap(scores, out_axes=1)(strength * jnp.eye(T, dtype=jnp.float32))
 
     # the curriculum's 4AFC forced choice compares images by their goodness with the uttered label (curriculum §2)
     token_scores = predict_fn if cfg.classifier == "goodness" else None

@@ -396,6 +396,76 @@ def test_softmax_classifier_reads_the_normalised_states_of_layers_two_and_up_und
     np.testing.assert_allclose(z, np.concatenate([rms(hs[1]), rms(hs[2])], 1) @ P[4]["w"], rtol=1e-5, atol=1e-6)
 
 
+def test_multi_head_update_with_unlabelled_heads_matches_ffnew_m_with_zero_codes_and_row_weights():
+    """ff_mlp's first layer is computed split (label part gathered, x·W_img shared by the neutral, positive and
+    negative rows, ΔW_img from one product over the summed row errors): on two heads with unlabelled heads and a
+    sample without any label, every layer's −ΔW equals ffnew.m on the full [code, x] input, with zero code units
+    for unlabelled heads and no FF loss (but the peer term) on rows without a label."""
+    heads, arch, rule, params, x = _multihead_rule(ff.Config(negatives="uniform"))
+    y = jnp.asarray([[0, 1], [2, -1], [-1, 0], [-1, -1], [1, 1], [2, 0]], jnp.int32)
+    key = jax.random.PRNGKey(3)
+    state = rule.init(jax.random.PRNGKey(0), params)
+    g, st, met = jax.jit(rule.update)(params, state, core.Batch(x, y), key)
+    y_neg = ff.negative_labels("uniform", jax.random.split(key)[0], None, y, heads)
+    P = f64(params)
+    X0 = np.asarray(x, np.float64).reshape(6, -1)
+    codes = np.concatenate([np.asarray(heads.one_hot(y)), np.asarray(heads.one_hot(y_neg))]).astype(np.float64)
+    assert (codes[3] == 0).all() and (codes[9] == 0).all() and (codes[1, 3:] == 0).all()
+    w = np.tile((np.asarray(y) >= 0).any(1).astype(np.float64), 2)
+    h = np.concatenate([codes, np.tile(X0, (2, 1))], 1)
+    B, loss = 6, 0.0
+    for i in (1, 2, 3):
+        Xh = rms(h)
+        h = np.maximum(Xh @ P[i]["w"] + P[i]["b"], 0)
+        N = h.shape[1]
+        G = (h ** 2).sum(1)
+        c = np.where(np.arange(12) < B, 1 - sigmoid(G - N), -sigmoid(G - N)) * w
+        m = 0.9 * 0.5 + 0.1 * h[:B].mean(0)
+        d = c[:, None] * h
+        d[:B] += 0.03 * (m.mean() - m)[None, :]
+        np.testing.assert_allclose(np.asarray(g[i]["w"]), -Xh.T @ d / B, **TOL)
+        np.testing.assert_allclose(np.asarray(g[i]["b"]), -d.sum(0) / B, **TOL)
+        np.testing.assert_allclose(np.asarray(st.mean_activity[i - 1]), m, **TOL)
+        loss += np.sum(np.where(np.arange(12) < B, softplus(N - G), softplus(G - N)) * w) / B
+    np.testing.assert_allclose(float(met["loss"]), loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm,slots", [("l2", True), ("rms", False)])
+def test_split_and_post_matmul_normalised_layers_equal_the_layer_by_layer_update(norm, slots):
+    """The fast paths of the rule on ff_mlp (label part gathered and x·W_img shared; norm(h)W computed as (hW)/d)
+    give the same pseudo-gradients as :func:`ff.layer_update` applied layer by layer to the full normalised input
+    (the path the one-layer tests pin to ffnew.m) — for L2 normalisation and for the paper's pixel layout (rms with
+    label units is the NumPy full-update test above)."""
+    heads = core.single_head("y", 3)
+    arch = ff_mlp.build(ff_mlp.Config(hidden=(5, 4, 3), norm=norm, label_slots=slots), (2, 3, 1), 3)
+    cfg = ff.Config(norm=norm, negatives="uniform")
+    rule = ff.make(cfg, arch, heads)
+    rng = np.random.default_rng(2)
+    params = tuple({k: jnp.asarray(rng.normal(0, 1.0 / np.sqrt(v.shape[0]), v.shape), jnp.float32)
+                    for k, v in p.items()} for p in arch.init(jax.random.PRNGKey(0)))
+    x = jnp.asarray(rng.uniform(size=(4, 2, 3, 1)), jnp.float32)
+    y = jnp.asarray([[0], [2], [1], [2]], jnp.int32)
+    key = jax.random.PRNGKey(7)
+    state = rule.init(jax.random.PRNGKey(0), params)
+    g = jax.jit(rule.update)(params, state, core.Batch(x, y), key)[0]
+    y_neg = ff.negative_labels("uniform", jax.random.split(key)[0], None, y, heads)
+
+    @jax.jit
+    def reference(params, m):
+        codes = jnp.concatenate([heads.one_hot(y), heads.one_hot(y_neg)])
+        xf = jnp.tile(x.reshape(4, -1), (2, 1))
+        h = jnp.concatenate([codes, xf if slots else xf[:, 3:]], axis=1)
+        out = []
+        for i in (1, 2, 3):
+            ref, _, h, _ = ff.layer_update(cfg, arch.layers[i], params[i], h, m[i - 1], 4)
+            out.append(ref)
+        return out
+
+    for i, ref in zip((1, 2, 3), reference(params, state.mean_activity)):
+        for k in ("w", "b"):
+            np.testing.assert_allclose(np.asarray(g[i][k]), np.asarray(ref[k]), rtol=2e-5, atol=1e-6)
+
+
 def test_hard_negatives_never_pick_the_true_label_and_follow_the_masked_softmax():
     """Spec §5 test 7: over 10⁴ draws with fixed logits the true label never appears and the frequencies match
     softmax(z − 1000·onehot(y)) within sampling error; uniform negatives are uniform over the K − 1 wrong labels;
