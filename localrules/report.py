@@ -162,8 +162,8 @@ def _samples(record: dict) -> str:
     seeds = len(record.get("seeds") or [])
     if is_curriculum(record):
         trained = sum(ps.get("samples_trained", 0) for ps in record["curriculum"].get("per_stage", []))
-        return f"{trained:,} samples (all stages) × {seeds} seeds"
-    return f"{record.get('samples', 0):,} samples × {seeds} seeds"
+        return f"{trained:,} samples (all stages) × {seeds} seed{'s' if seeds != 1 else ''}"
+    return f"{record.get('samples', 0):,} samples × {seeds} seed{'s' if seeds != 1 else ''}"
 
 
 def results_block(records: list[dict], invocation: str) -> str:
