@@ -73,12 +73,17 @@ above (e.g. Σ_n (H_ℓ − H′_ℓ)_n / B); this is an extension, not part of 
 **Multiple heads.** E = softmax − onehot per labelled head (:func:`localrules.core.output_error`), zero on
 unlabelled heads, so only labelled heads modulate the input and drive the output layer.
 
-**Compute.** For a d-N-C net and batch B the update costs 2B(3dN + 3NC + Cd) FLOPs: two forward passes
-(2·2B(dN + NC)), the projection E Fᵀ (2BCd) and the outer products (2BdN + 2BNC); backprop on the same net costs
-2B(2dN + 3NC) (no input gradient), so "no backward pass" is ≈ 1.5× backprop's FLOPs at 784-1024-10 (XLA's
-compiled counts: 4.97 vs 3.28 GFLOP per update at B = 1000, within 1.5 % and 0.1 % of these formulas, checked in
-``tests/test_pepita.py``). Nor does it save memory here: both passes' activities are kept for the outer products
-(compiled temporary buffers at B = 1000: 19.5 MiB vs backprop's 7.8 MiB, CPU).
+**Compute.** For a d-N-C net and batch B the update costs 2B(3dN + (2 + m)NC + Cd) FLOPs: pass 1 (2B(dN + NC)),
+the projection E Fᵀ (2BCd), pass 2 up to H′ (2BdN; its output layer, 2BNC, only for ``last_layer_error=e_mod``:
+m = 1, else XLA drops it) and the outer products (2BdN + 2BNC); backprop on the same net costs 2B(2dN + 3NC) (no
+input gradient), so "no backward pass" is ≈ 1.5× backprop's FLOPs at 784-1024-10. The compiled training step adds
+the optimizer (4P FLOPs for momentum, 13P for Adam, P = dN + NC); XLA's counts at B = 1000 with momentum: 4.95 vs
+3.28 GFLOP, +1.5 % (dropout's random bits; +0.2 % without dropout) and +0.1 % of these formulas
+(``tests/test_pepita.py`` checks B = 100). Nor does it save memory: pass 1's activity H_ℓ must live until pass 2
+reaches layer ℓ (for H_ℓ − H′_ℓ), which is what backprop keeps for its backward pass, and pass 2's H′_ℓ is live
+beside it. Compiled step at B = 1000, CPU (``docs/compute.md``): temporaries 11.7 MiB without dropout (three B×N
+buffers) vs backprop's 7.8 MiB (two), 19.5 MiB with the paper's dropout 0.1 (the mask's random bits); peak 27.2 /
+35.0 vs 23.2 MiB.
 
 **Reference code.** ``GiorgiaD/PEPITA@3fe03d80b642``: ``functions.py`` (NumPy FC; F = 0.05·U(±√(6/d)), ×0.1 for
 ERINsign; last layer uses the modulated error e′; momentum v ← 0.9v + ηΔW), ``Tutorial_PEPITA_FullyConnectedNets_

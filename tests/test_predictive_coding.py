@@ -372,6 +372,37 @@ def test_on_the_vgg5_cnn_fixed_prediction_pc_equals_backprop_through_conv_and_po
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_pc_vgg_conv_has_the_lab_convs_derivatives_and_canonical_convolutions_inside_the_inference_scan(padding):
+    """pc_vgg's conv (explicit transposed kernels in its VJP) gives bit-identical values and gradients to the lab's
+    ``conv``; and differentiated inside a ``lax.scan`` (PC / iPC inference) every convolution XLA:CPU compiles has
+    the canonical NHWC/HWIO form — JAX's own transpose rule there left reversed, in/out-swapped kernels that ran
+    ~5× slower (docs/compute.md)."""
+    from localrules.architectures import conv
+    from localrules.architectures.pc_vgg import conv3x3
+
+    a, b = conv(3, 4, 3, "linear", padding=padding, init="he_uniform"), conv3x3(3, 4, padding)
+    p = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, 3, 3, 4)), "b": jnp.arange(4.0)}
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 3))
+    (ya, va), (yb, vb) = (jax.vjp(lambda q, z, l=l: l.apply(q, z)[0], p, x) for l in (a, b))
+    g = jax.random.normal(jax.random.PRNGKey(2), ya.shape)
+    np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+    for u, v in zip(jax.tree.leaves(va(g)), jax.tree.leaves(vb(g))):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    if jax.default_backend() != "cpu":
+        return
+
+    def relax(q, z):  # a scanned loop of input and kernel VJPs, as PC / iPC inference runs them
+        def body(c, _):
+            dq, dz = jax.vjp(lambda q_, z_: b.apply(q_, z_)[0], *c)[1](g)
+            return (jax.tree.map(lambda u, v: u - 1e-3 * v, c[0], dq), c[1] - 1e-3 * dz), None
+        return jax.lax.scan(body, (q, z), None, length=3)[0]
+
+    hlo = jax.jit(relax).lower(p, x).compile().as_text()
+    labels = {line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if " convolution(" in line}
+    assert labels == {"b01f_01io->b01f"}, labels
+
+
 # -------------------------------------------------------------------------------------------------- iPC
 
 
@@ -488,18 +519,61 @@ def test_counted_flops_grow_affinely_with_the_number_of_inference_steps():
     flops(5) − flops(3) = flops(3) − flops(1) (every step costs the same) and the rolled program under-counts.
     Deviation from the spec's 0/4/8: at T = 0 the final state is the forward state and XLA shares a little more
     (≈1 % here, 0.2 % at PCX's MLP size), and shorter twins compile inside the test budget."""
-    from localrules import cost
-    from tests.helpers import tiny_build
+    from localrules import cost, rules
+    from localrules.optim import OptimizerConfig, make_optimizer
+    from localrules.train import make_program
 
-    flops = {}
-    for T in (1, 3, 5):
-        b = tiny_build("rule=pc", f"rule.T={T}", "arch.hidden=[128,128]", "batch_size=32")
-        assert b.counted is not b.program
-        flops[T] = cost.step_cost(b.counted, 0, b.task.data, repeats=0)["flops"]
+    arch = build_mlp(MLPConfig(hidden=(128, 128)), (64,), 10)
+    heads = core.single_head("y", 10)
+    opt = make_optimizer(OptimizerConfig(), 100, None)  # adam, the run's default
+    params = arch.init(jax.random.PRNGKey(0))
+    batch = core.Batch(jnp.ones((32, 64)), jnp.zeros((32, 1), jnp.int32))
+    spec = rules.RULES["predictive_coding"]
+
+    def step_flops(cfg):
+        rule = pc.make(cfg, arch, heads)
+        args = (params, opt.init(params), rule.init(jax.random.PRNGKey(1), params), batch, jax.random.PRNGKey(2))
+        return cost.compiled_cost(jax.jit(make_program(rule, opt, arch, None).step).lower(*args).compile())["flops"]
+
+    flops = {T: step_flops(spec.cost_config(pc.Config(T=T))) for T in (1, 3, 5)}  # the twin the runner counts
     d1, d2 = flops[3] - flops[1], flops[5] - flops[3]
     assert d1 > 0 and abs(d2 - d1) <= 0.01 * d1, flops
-    rolled = cost.step_cost(b.program, 0, b.task.data, repeats=0)["flops"]
+    rolled = step_flops(pc.Config(T=5))
     assert rolled < flops[5] - 0.5 * d2, (rolled, flops)
+    # the formula (docs/compute.md): flops(T) ≈ a + b·T with b = 2(F − F₁) (blocks 2..L: prediction + input-VJP;
+    # block 1 reads the clamped input and is hoisted) and a = 2F + 13P (forward init, final predictions and
+    # parameter-VJPs; Adam). Matmuls only: the elementwise rest is a few per cent.
+    B, dims = 32, (64, 128, 128, 10)
+    F = 2 * B * sum(i * o for i, o in zip(dims[:-1], dims[1:]))
+    F1 = 2 * B * dims[0] * dims[1]
+    P = sum(i * o + o for i, o in zip(dims[:-1], dims[1:]))
+    slope = (flops[5] - flops[1]) / 4
+    assert abs(slope / (2 * (F - F1)) - 1) < 0.05, (slope, 2 * (F - F1))
+    assert abs((flops[1] - slope) / (2 * F + 13 * P) - 1) < 0.1, (flops[1] - slope, 2 * F + 13 * P)
+
+
+def test_inference_is_one_lax_scan_whose_program_does_not_grow_with_T():
+    """No Python loop over inference steps in the training program: the update's jaxpr holds one ``scan`` of
+    length T − 1 (step 1 is peeled off) and has the same number of equations for T = 3 and T = 9; XLA's count of
+    the rolled program is therefore the same for both (the loop body once), which is why the runner counts the
+    unrolled twin."""
+    from localrules import cost
+
+    arch = _arch()
+    params = arch.init(jax.random.PRNGKey(0))
+    x, y = jnp.ones((B, D)), jnp.zeros((B, 1), jnp.int32)
+    sizes, counted = {}, {}
+    for T in (3, 9):
+        rule = pc.make(pc.Config(T=T), arch, HEADS)
+        state = rule.init(jax.random.PRNGKey(1), params)
+        args = (params, state, core.Batch(x, y), jax.random.PRNGKey(2))
+        jaxpr = jax.make_jaxpr(rule.update)(*args).jaxpr
+        scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+        assert [e.params["length"] for e in scans] == [T - 1], scans
+        sizes[T] = len(jaxpr.eqns)
+        counted[T] = cost.compiled_cost(jax.jit(rule.update).lower(*args).compile())["flops"]
+    assert sizes[3] == sizes[9], sizes
+    assert counted[3] == counted[9], counted
 
 
 def test_pc_learns_the_prototype_task_through_the_engine(tmp_path):
