@@ -11,6 +11,10 @@ batch 16 with labels uniform over the k classes; query = 100 images from a held-
 Classes ``held_out`` never appear in meta-training; meta-test tasks (:func:`meta_test`) always contain them, use
 projections/initialisations under a disjoint key root, and may use other horizons. Shapes (k, d, width, T) are
 bucketed: one compiled meta-step per bucket, buckets visited in turn (T log-spaced up to the deployment horizon).
+``dist.stages=[S1,S2]`` adds the curriculum's early stages as buckets (:func:`make_stage_task_fn`: the stage
+generator rendered inside the inner scan under the meta key, centred 6,144-d input, the 21 curriculum head units);
+such a θ is in-distribution for those stages and its meta.json says so. Compiling a stage bucket's meta-step takes
+about a minute on the 2-core CPU (the renderer is traced into the forward, recomputed and reverse scans).
 
 **Meta-loss** = mean query cross-entropy after the inner run, capped at 10 (non-finite → 10), + ``l1``·‖θ‖₁.
 
@@ -26,9 +30,17 @@ are reported separately from the per-run FLOPs of using the rule: XLA counts a s
 compiled inner-step FLOPs (forward; forward + VJP for the reverse pass, plus the recomputed forward of
 ``jax.checkpoint``) × T × tasks (× 2N members for ES) + query evaluation, per bucket.
 
-``eval``: meta-test on fresh held-out tasks — θ vs θ₀ (DFA) vs random frozen features + delta-rule head (best lr of
-a grid) vs BP-SGD (best lr of a grid), same nets, batches and horizons. ``plugin``: the θ as an ordinary rule on full
-10-way Fashion-MNIST (784-width-10) against the same baselines, ``seeds`` seeds, the 10,000 test images.
+``eval``: meta-test on fresh held-out tasks — θ vs θ₀ (the θ's own start: DFA/FA + delta rule at its ``lr0``) vs
+the hand rule at its best lr vs random frozen features + delta-rule head vs BP-SGD (best lr of a grid, and at θ₀'s
+lr), same nets, batches and horizons, read from the θ's meta.json (feedback, fan-in scaling, task distribution);
+``seeds`` task sets of ``tasks`` tasks, ``thetas=[...]`` one θ per seed (meta-training seeds). ``plugin``: the θ as
+an ordinary rule on full 10-way Fashion-MNIST (784-width-10) against the same baselines, ``seeds`` network seeds,
+the 10,000 test images (baselines' lr chosen on the validation split).
+
+**Recorded runs** (commands, runtimes and numbers in the presets' descriptions): ``sweeps/meta_cpu10min.toml``
+(the shipped θ ``fmnist_mg``, meta-gradients, 10 CPU-minutes, plug-in and meta-test comparison),
+``sweeps/meta_es_fmnist.toml`` (the ES path on Fashion-MNIST tasks), ``sweeps/meta_shervani_tabar_fmnist.toml``
+(the published comparator protocol, 3 meta-training seeds).
 """
 
 from __future__ import annotations
@@ -68,7 +80,7 @@ def cap_loss(loss, cap: float = CAP):
 def mask_and_clip(g, clip: float | None = 1.0):
     """Non-finite entries → 0, then g ← g·min(1, clip/‖g‖). Returns (g, norm before clipping)."""
     g = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0.0), g)
-    norm = optax.global_norm(g)
+    norm = optax.tree.norm(g)
     if clip is not None:
         g = jax.tree.map(lambda a: a * jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-12)), g)
     return g, norm
@@ -162,6 +174,14 @@ class Dist:
     online: bool = False
     """false: batches drawn with replacement from the pool; true: every pool image exactly once, in a random order
     (the comparator's online protocol; then T must equal ways·pool/batch)."""
+    stages: tuple[str, ...] = ()
+    """Curriculum stages whose streams are added as buckets (spec §2.7, optional), e.g. [S1,S2]: the stage's own
+    generator under the meta-training key (never the stage's test key), its canvas centred (x − 0.5) and flattened
+    (``stage_frames`` frames: 6,144-d at 2), all 21 curriculum head units with the stage's labels (−1 elsewhere), the
+    inner net d-width-21, T steps at ``batch``, query = ``query`` fresh generator images. A θ meta-trained with
+    stages is in-distribution for them: its meta.json records them (the curriculum's headline θ uses none)."""
+    stage_frames: int = 2
+    """Frames per stage sample (the curriculum's learner sees 2; static stages repeat the frame)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +196,9 @@ class MetaConfig:
     """Step e^λ of θ₀ for both roles (the comparator starts at 1e-3)."""
     feedback: str = "dfa"
     """Hidden-layer modulator of the rule: dfa | fa."""
+    fan_in_scale: bool = True
+    """Scale weight updates by 64 / fan_in (θ transfers across widths); false = the raw outer products, as in
+    Shervani-Tabar & Rosenbaum's update."""
     method: str = "grad"
     """grad (meta-gradients through the inner scan) | es (antithetic evolution strategies)."""
     budget_s: float = 600.0
@@ -211,6 +234,14 @@ class MetaConfig:
     this many steps, 3 seeds); 0 = the last θ."""
     validate_width: int = 256
     """Hidden width of the plug-in selection run."""
+    validate_tasks: int = 0
+    """If > 0 (instead of validate_steps): select the final θ among the candidates by the mean query CE on this many
+    fresh tasks of the meta-training distribution (training classes, the largest horizon, key
+    fold_in(PRNGKey(seed), 2): disjoint from meta-training and from the meta-test keys) — for protocols whose
+    deployment is the task itself (the comparator's)."""
+    learn: tuple[str, ...] = ()
+    """Coefficients c trained (names from rules/meta_learned.TERMS, both roles); the others stay at θ₀. () = all.
+    The learning rates (loglr) and the MLP part are always trained."""
 
 
 class Data:
@@ -237,7 +268,12 @@ class Data:
 
 
 def rule_cfg(mc: MetaConfig) -> ml.Config:
-    return ml.Config(family=mc.family, mlp_hidden=mc.mlp_hidden, feedback=mc.feedback)
+    return ml.Config(family=mc.family, mlp_hidden=mc.mlp_hidden, feedback=mc.feedback, fan_in_scale=mc.fan_in_scale)
+
+
+def rule_cfg_of(meta: dict) -> ml.Config:
+    """The rule settings a θ was meta-trained under (its ``meta.json`` ``family``); defaults for a bare θ."""
+    return ml.rule_settings(meta)
 
 
 def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_query: int, classes_from: tuple,
@@ -319,6 +355,68 @@ def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_que
     return task_fn
 
 
+def make_stage_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, segment: int = 50, method: str = "rule"):
+    """``task_fn(θ, key, sprites) -> (query CE (capped), query acc)`` for a curriculum-stage bucket
+    ``(stage, d, width, T)``: the stage generator renders every batch from the task's key; ``sprites`` is the stage's
+    atlas (``task_fn.data()``), passed as an argument rather than baked in as a constant (3× faster to compile)."""
+    from localrules.tasks import nursery
+
+    name, _, width, T = bucket
+    if name not in nursery.STAGES or name in ("S4", "S5"):
+        raise ValueError(f"dist.stages: {name!r} cannot be a meta-training stream; choose among S1, S2, S3, S6 "
+                         "(S4/S5 are scored by forced choice)")
+    F = dist.stage_frames
+    if F not in (1, 2) or (name == "S6" and F != 2):
+        raise ValueError(f"dist.stage_frames={F}: choose 1 or 2 (S6 needs 2)")
+    cfg = nursery.stage_config(name)
+    d = F * nursery.CANVAS * nursery.CANVAS * 3
+    heads = nursery.HEADS
+    arch = inner_arch(dist, d, width, heads.total)
+    B = dist.batch
+    seg = max(1, min(segment, T))
+    if T % seg:
+        raise ValueError(f"horizon {T} is not a multiple of segment={seg}; choose horizons divisible by it")
+
+    def render(sprites, key, t, n):
+        x, y, _ = nursery.generate(name, cfg, key, t, n, F, sprites=sprites)
+        return core.Batch(x.reshape(n, -1) - 0.5, y)
+
+    def sample(sprites, ctx, key, t):
+        return render(sprites, key, t, B)
+
+    def task_fn(theta, key, sprites):
+        kq, kseed = jax.random.split(key)
+        task = core.Task("meta/" + name, heads, (d,), sprites, core.no_context, sample, None, None)
+        rule = ml.make_with_theta(rcfg, arch, heads, theta) if method == "rule" else _backprop_rule(arch, heads)
+        lr = jnp.exp(theta["loglr"][0]) if method == "bp" else 1.0
+        program = make_program(rule, optax.sgd(lr), arch, task)
+        seed = jax.random.randint(kseed, (), 0, 2**30)
+        state = program.init(seed)
+
+        @jax.checkpoint
+        def segment_fn(st):
+            return program.chunk(st, sprites, seed, seg)[0]
+
+        state, _ = jax.lax.scan(lambda st, _: (segment_fn(st), None), state, None, length=T // seg)
+        q = render(sprites, kq, 0, dist.query)
+        logits = arch.apply(state.params, q.x)
+        ce = cap_loss(core.loss(logits, q.y, heads))
+        ok, valid = core.correct(logits, q.y, heads)
+        acc = jnp.sum(ok & valid) / jnp.maximum(jnp.sum(valid), 1)
+        return ce, acc
+
+    task_fn.arch, task_fn.heads, task_fn.data = arch, heads, lambda: nursery.atlas(cfg.sigma)
+    return task_fn
+
+
+def make_bucket_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_query: int,
+                        classes_from: tuple, segment: int = 50):
+    """The meta-training task function of a bucket: Fashion-MNIST ``(k, d, width, T)`` or stage ``(S?, d, width, T)``."""
+    if isinstance(bucket[0], str):
+        return make_stage_task_fn(rcfg, dist, bucket, segment=segment)
+    return make_task_fn(rcfg, dist, bucket, n_train, n_query, classes_from, segment=segment)
+
+
 def inner_arch(dist: Dist, d: int, width: int, k: int):
     hidden = tuple(dist.hidden) or (width,) * dist.depth
     return build_mlp(MLPConfig(hidden=hidden, activation=dist.activation, bias=dist.bias, init="normal"), (d,), k)
@@ -346,7 +444,12 @@ def batch_loss(task_fn, l1: float = 0.0):
 
 
 def buckets(dist: Dist) -> list[tuple]:
-    return [(k, d, w, T) for T in dist.horizons for k in dist.ways for d in dist.dims for w in dist.widths]
+    """Fashion-MNIST buckets (k, d, width, T), then stage buckets (stage, input dim, width, T), per horizon."""
+    out = []
+    for T in dist.horizons:
+        out += [(k, d, w, T) for k in dist.ways for d in dist.dims for w in dist.widths]
+        out += [(st, dist.stage_frames * 3072, w, T) for st in dist.stages for w in dist.widths]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -355,9 +458,16 @@ def buckets(dist: Dist) -> list[tuple]:
 def inner_flops(rcfg: ml.Config, theta, dist: Dist, bucket, method: str, tasks: int, pairs: int) -> dict:
     """Compiled FLOPs of one inner step (forward, and forward+VJP) × T × tasks (× members), per meta-step."""
     k, d, w, T = bucket
-    d = d if dist.project else 784
+    stage = isinstance(k, str)
+    if stage:
+        from localrules.tasks import nursery
+
+        heads = nursery.HEADS
+        k = heads.total
+    else:
+        d = d if dist.project else 784
+        heads = core.single_head("y", k)
     arch = inner_arch(dist, d, w, k)
-    heads = core.single_head("y", k)
     opt = optax.sgd(1.0)
     params = arch.init(jax.random.PRNGKey(0))
     batch = core.Batch(jnp.zeros((dist.batch, d)), jnp.zeros((dist.batch, 1), jnp.int32))
@@ -378,7 +488,8 @@ def inner_flops(rcfg: ml.Config, theta, dist: Dist, bucket, method: str, tasks: 
     both = compiled_cost(jax.jit(vjp).lower(theta, params).compile())["flops"]
     hid = tuple(dist.hidden) or (w,) * dist.depth
     q = 2.0 * dist.query * sum(a * b for a, b in zip((d,) + hid, hid + (k,)))
-    prep = 2.0 * k * (dist.pool + dist.query) * 784 * d if dist.project else 0.0  # projection of the task's images (no gradient)
+    # projection of the task's images (no gradient); stage rendering is a gather, not counted
+    prep = 2.0 * k * (dist.pool + dist.query) * 784 * d if dist.project and not stage else 0.0
     if method == "grad":
         per_task = T * (2 * fwd + both) + 3 * q + prep  # scan forward, recomputed forward (checkpoint), forward+VJP
         total = tasks * per_task
@@ -396,6 +507,9 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
         raise ValueError(f"method={mc.method!r}: choose grad or es")
     if mc.tasks < 1 or mc.pairs < 1 or mc.budget_s <= 0:
         raise ValueError("tasks, pairs and budget_s must be positive")
+    if mc.validate_tasks > 0 and mc.validate_steps > 0:
+        raise ValueError("validate_tasks and validate_steps both set: choose one way of selecting θ (0 = off)")
+    learn_mask(mc)  # unknown terms fail before any work
     t_start = time.time()
     dist = mc.dist
     train_classes = tuple(c for c in range(10) if c not in dist.held_out)
@@ -408,10 +522,11 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     opt = optax.adam(mc.lr)
     opt_state = opt.init(theta)
     bks = buckets(dist)
-    steps = {}
+    steps, bdata = {}, {}
     for b in bks:
-        task_fn = make_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes, segment=mc.segment)
+        task_fn = make_bucket_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes, segment=mc.segment)
         steps[b] = jax.jit(_make_meta_step(task_fn, opt, mc))
+        bdata[b] = task_fn.data() if isinstance(b[0], str) else data  # stage buckets: the sprite atlas
     os.makedirs(mc.out, exist_ok=True)
     writer = tb.Writer(os.path.join(mc.out, "tb"))
     flops = {b: inner_flops(rcfg, theta, dist, b, mc.method, mc.tasks, mc.pairs) for b in bks}
@@ -427,23 +542,24 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     while time.time() < budget_end and (mc.max_steps <= 0 or n < mc.max_steps):
         b = bks[n % len(bks)]
         key = jax.random.fold_in(root, n + 1)
-        theta, opt_state, loss, acc, norm = steps[b](theta, opt_state, key, data)
+        theta, opt_state, loss, acc, norm = steps[b](theta, opt_state, key, bdata[b])
         loss, acc, norm = float(loss), float(acc), float(norm)
         n += 1
         meta_flops += flops[b]["meta_step_flops"]
         lrs = np.exp(np.asarray(theta["loglr"]))
         c = np.asarray(theta["c"])
-        row = {"step": n, "T": b[3], "loss": loss, "acc": acc, "grad_norm": norm, "t": time.time() - t_start}
+        tag = f"{b[0]}_T{b[3]}" if isinstance(b[0], str) else f"T{b[3]}"
+        row = {"step": n, "bucket": tag, "loss": loss, "acc": acc, "grad_norm": norm, "t": time.time() - t_start}
         hist.append(row)
         scal = {"meta/loss": loss, "meta/query_acc": acc, "meta/grad_norm": norm, "meta/horizon": b[3],
                 "meta/lr_hidden": lrs[0], "meta/lr_head": lrs[1], "meta/gflop": meta_flops / 1e9,
-                f"meta/loss_T{b[3]}": loss}
+                f"meta/loss_{tag}": loss}
         for r, role in enumerate(ml.ROLES):
             for i, term in enumerate(ml.TERMS):
                 scal[f"theta/{role}/{term}"] = float(c[r, i])
         writer.scalars(scal, n)
         if n % 25 == 0 or n == 1:
-            log(f"  meta-step {n}  T={b[3]}  loss {loss:.4f}  acc {acc:.3f}  |g| {norm:.3f}  "
+            log(f"  meta-step {n}  {tag}  loss {loss:.4f}  acc {acc:.3f}  |g| {norm:.3f}  "
                 f"lr {lrs[0]:.4f}/{lrs[1]:.4f}  {time.time() - t_start:.0f} s")
             writer.flush()
         while save_times and time.time() >= save_times[0]:
@@ -460,7 +576,22 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     summary = {"meta_steps": n, "seconds": seconds, "meta_flops": meta_flops, "flops_per_bucket": {
         str(b): f for b, f in flops.items()}, "candidates": saved, "history_tail": hist[-10:]}
     chosen = n
-    if mc.validate_steps > 0:
+    if mc.validate_tasks > 0:
+        T = max(dist.horizons)
+        b = next(b for b in bks if b[3] == T and not isinstance(b[0], str))
+        fn = jax.jit(jax.vmap(make_task_fn(rcfg, dist, b, data_np.n_train, data_np.q, train_classes,
+                                           segment=mc.segment), in_axes=(None, 0, None)))
+        vkeys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(mc.seed), 2), mc.validate_tasks)
+        scores = {}
+        for s in saved:
+            th, _ = ml.load_theta(os.path.join(cand_dir, f"step_{s}"))
+            ce, acc = fn(th, vkeys, data)
+            scores[s] = {"ce": float(jnp.mean(ce)), "acc": float(jnp.mean(acc))}
+            log(f"  meta-validation θ@{s} ({mc.validate_tasks} tasks, T={T}): CE {scores[s]['ce']:.4f} "
+                f"acc {scores[s]['acc']:.4f}")
+        chosen = min(scores, key=lambda s: scores[s]["ce"])
+        summary["validation"] = {str(k): v for k, v in scores.items()}
+    elif mc.validate_steps > 0:
         scores = {}
         for s in saved:
             th, _ = ml.load_theta(os.path.join(cand_dir, f"step_{s}"))
@@ -482,8 +613,19 @@ def train(mc: MetaConfig, log=print, argv=None) -> dict:
     return summary
 
 
+def learn_mask(mc: MetaConfig):
+    """(2, len(TERMS)) 0/1 mask of the trained coefficients (``learn``), or None for all."""
+    if not mc.learn:
+        return None
+    bad = [t for t in mc.learn if t not in ml.TERMS]
+    if bad:
+        raise ValueError(f"learn={list(mc.learn)}: unknown term(s) {bad}; choose from {list(ml.TERMS)}")
+    return jnp.asarray([[1.0 if t in mc.learn else 0.0 for t in ml.TERMS]] * 2, jnp.float32)
+
+
 def _make_meta_step(task_fn, opt, mc: MetaConfig):
     loss_fn = batch_loss(task_fn, mc.l1)
+    mask = learn_mask(mc)
 
     def step(theta, opt_state, key, data):
         keys = jax.random.split(key, mc.tasks + 1)
@@ -493,6 +635,8 @@ def _make_meta_step(task_fn, opt, mc: MetaConfig):
         else:
             loss, acc, g, norm = es_gradient(loss_fn, theta, keys[0], keys[1:], data, sigma=mc.sigma,
                                              pairs=mc.pairs, rank=mc.rank, clip=mc.clip)
+        if mask is not None:  # frozen coefficients: zero gradient, so Adam leaves them at θ₀
+            g = {**g, "c": g["c"] * mask}
         u, opt_state = opt.update(g, opt_state, theta)
         return optax.apply_updates(theta, u), opt_state, loss, acc, norm
 
@@ -503,13 +647,15 @@ def _make_meta_step(task_fn, opt, mc: MetaConfig):
 
 
 def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta: float = 0.02, tasks: int = 16,
-                 lr: float = 1e-2, l1: float = 1e-3):
+                 lr: float = 1e-2, l1: float = 1e-3, unroll: int = 1):
     """Spec §4.2: meta-train the 27-term polynomial rule Δw_i = η Σ θ_abc x_i^a y^b w_i^c (a, b, c ∈ {0, 1, 2}) of
     one linear neuron y = wᵀx on tasks whose best answer is the first principal component with ‖w‖ = 1 — the task
     Oja's rule solves. Same estimator as ``method=grad`` (:func:`task_meta_gradient`: capped loss, non-finite → 0,
     global-norm clip 1), Adam ``lr``, all meta-steps in one ``lax.scan``. Returns (θ (27,), seconds)."""
-    powers = jnp.asarray([(a, b, c) for a in range(3) for b in range(3) for c in range(3)], jnp.float32)
     lam = jnp.asarray([4.0] + [1.0] * (d - 1))
+
+    def poly(u):  # (..., 3): u^0, u^1, u^2 as products, not pow (cheaper, and no pow in the reverse pass)
+        return jnp.stack([jnp.ones_like(u), u, u * u], -1)
 
     def task_loss(theta, key):
         kq, kw, kz = jax.random.split(key, 3)
@@ -517,12 +663,14 @@ def oja_recovery(seed: int = 0, steps: int = 1500, d: int = 8, T: int = 300, eta
         w0 = jax.random.normal(kw, (d,)) / math.sqrt(d)
         xs = (jax.random.normal(kz, (T, d)) * jnp.sqrt(lam)[None, :]) @ Q.T
 
-        def body(w, x):
-            y = jnp.dot(w, x)
-            feats = (x[:, None] ** powers[None, :, 0]) * (y ** powers[None, :, 1]) * (w[:, None] ** powers[None, :, 2])
-            return w + eta * feats @ theta, None
+        th = theta.reshape(3, 3, 3)  # (a, b, c): x^a y^b w^c
 
-        w, _ = jax.lax.scan(body, w0, xs)
+        def body(w, x):  # Δw_i = η Σ_abc θ_abc x_i^a y^b w_i^c, contracted over b first: η Σ_ac X_ia M_ac W_ic
+            y = jnp.dot(w, x)
+            M = jnp.einsum("abc,b->ac", th, poly(y))
+            return w + eta * jnp.sum((poly(x) @ M) * poly(w), -1), None
+
+        w, _ = jax.lax.scan(body, w0, xs, unroll=unroll)
         n2 = jnp.sum(w * w)
         return cap_loss(1.0 - jnp.dot(w, Q[:, 0]) ** 2 / n2 + (n2 - 1.0) ** 2)
 
@@ -565,15 +713,25 @@ LR_GRID = (0.01, 0.03, 0.1, 0.3)
 
 
 def meta_test(theta, rcfg: ml.Config, dist: Dist, horizons: tuple, n_tasks: int = 64, key_root: int = 10_000,
-              ways: int | None = None, width: int | None = None, dim: int | None = None, log=print) -> dict:
-    """Query CE/accuracy on ``n_tasks`` fresh tasks per horizon that contain the held-out classes, under a key
-    root disjoint from meta-training; θ vs θ₀ (DFA) vs random features (best head lr) vs BP-SGD (best lr)."""
+              ways: int | None = None, width: int | None = None, dim: int | None = None, log=print,
+              theta0=None, seeds: int = 1, lrs: tuple = LR_GRID) -> dict:
+    """Query CE/accuracy on fresh tasks that contain the held-out classes, under key roots disjoint from
+    meta-training: the learned θ vs θ₀ (``theta0``; default DFA/FA + delta rule at lr 0.05) vs the same hand rule at
+    its best lr vs random frozen features + delta-rule head (best head lr) vs BP-SGD (best lr, and at θ₀'s lr:
+    ``bp_sgd_lr0``), same nets, batches and horizons. ``theta`` is one θ or a list of θ, one per seed (e.g. from meta-training seeds 0, 1, 2): seed s
+    evaluates ``theta[s]`` on task set s (``n_tasks`` tasks under key ``key_root + s``, fresh class subsets,
+    initialisations, feedback and projections), and every baseline on the same task sets. A baseline's lr is the
+    one with the lowest CE averaged over all seeds (chosen on these tasks, as the spec's "best reported").
+    Returns {T: {method: {ce, ce_sd, acc, acc_sd, per_seed: [(ce, acc)], lr?}}} (sd over seeds)."""
     data_np = Data(dist.query_per_class)
     data = data_np.arrays()
     k = ways or dist.ways[0]
     d = dim or dist.dims[0]
     w = width or dist.widths[0]
-    keys = jax.random.split(jax.random.PRNGKey(key_root), n_tasks)
+    thetas = list(theta) if isinstance(theta, (list, tuple)) else [theta]
+    theta0 = ml.init_theta(None, "coef") if theta0 is None else theta0
+    fb = rcfg.feedback
+    keysets = [jax.random.split(jax.random.PRNGKey(key_root + s), n_tasks) for s in range(seeds)]
     out = {}
     for T in horizons:
         bucket = (k, d, w, T)
@@ -583,27 +741,34 @@ def meta_test(theta, rcfg: ml.Config, dist: Dist, horizons: tuple, n_tasks: int 
                                    in_axes=(None, 0, None)))
         bp_fn = jax.jit(jax.vmap(make_task_fn(*args, must_include=dist.held_out, segment=seg, method="bp"),
                                  in_axes=(None, 0, None)))
-        res = {}
 
-        def ev(fn, th):
-            ce, acc = fn(th, keys, data)
-            return float(jnp.mean(ce)), float(jnp.mean(acc))
+        def ev(fn, th_of_seed):
+            per = []
+            for s, keys in enumerate(keysets):
+                ce, acc = fn(th_of_seed(s), keys, data)
+                per.append((float(jnp.mean(ce)), float(jnp.mean(acc))))
+            a = np.asarray(per)
+            sd = a.std(0, ddof=1) if len(per) > 1 else np.zeros(2)
+            return {"ce": float(a[:, 0].mean()), "ce_sd": float(sd[0]), "acc": float(a[:, 1].mean()),
+                    "acc_sd": float(sd[1]), "per_seed": per}
 
-        res["theta"] = ev(rule_fn, theta)
-        res["dfa_theta0"] = ev(rule_fn, ml.init_theta(None, "coef"))
-        rf = {lr: ev(rule_fn, random_features_theta(lr)) for lr in LR_GRID}
-        best = min(rf, key=lambda lr: rf[lr][0])
-        res["random_features"] = (*rf[best], best)
-        bp = {lr: ev(bp_fn, {"c": jnp.zeros((2, 7)), "loglr": jnp.full((2,), math.log(lr))}) for lr in LR_GRID}
-        best = min(bp, key=lambda lr: bp[lr][0])
-        res["bp_sgd"] = (*bp[best], best)
-        dfa = {lr: ev(rule_fn, {"c": ml.init_theta()["c"], "loglr": jnp.full((2,), math.log(lr))})
-               for lr in LR_GRID}
-        best = min(dfa, key=lambda lr: dfa[lr][0])
-        res["dfa_best_lr"] = (*dfa[best], best)
+        def best(fn, mk):
+            runs = {lr: ev(fn, lambda s, lr=lr: mk(lr)) for lr in lrs}
+            lr = min(runs, key=lambda v: runs[v]["ce"])
+            return {**runs[lr], "lr": lr}
+
+        res = {"theta": ev(rule_fn, lambda s: thetas[s % len(thetas)]),
+               f"{fb}_theta0": ev(rule_fn, lambda s: theta0),
+               f"{fb}_best_lr": best(rule_fn, lambda lr: {"c": ml.init_theta()["c"],
+                                                           "loglr": jnp.full((2,), math.log(lr))}),
+               "random_features": best(rule_fn, random_features_theta),
+               "bp_sgd": best(bp_fn, lambda lr: {"c": jnp.zeros((2, 7)), "loglr": jnp.full((2,), math.log(lr))}),
+               "bp_sgd_lr0": {**ev(bp_fn, lambda s: {"c": jnp.zeros((2, 7)), "loglr": theta0["loglr"]}),
+                              "lr": round(float(jnp.exp(theta0["loglr"][0])), 6)}}
         out[T] = res
-        log(f"  T={T}: " + "  ".join(f"{n} CE {v[0]:.3f} acc {v[1]:.3f}" + (f" (lr {v[2]})" if len(v) > 2 else "")
-                                     for n, v in res.items()))
+        log(f"  T={T} ({seeds} seed(s) × {n_tasks} tasks): " + "  ".join(
+            f"{n} CE {v['ce']:.3f}±{v['ce_sd']:.3f} acc {100 * v['acc']:.2f}±{100 * v['acc_sd']:.2f}"
+            + (f" (lr {v['lr']})" if "lr" in v else "") for n, v in res.items()))
     return out
 
 
@@ -701,7 +866,11 @@ class EvalConfig:
     dim: int = 64
     """eval: projection dimension."""
     seeds: int = 3
-    """plugin: seeds."""
+    """plugin: network seeds; eval: meta-test task sets (``tasks`` tasks each, key 10000 + s)."""
+    thetas: tuple[str, ...] = ()
+    """eval: one θ per seed instead of ``theta`` (e.g. the θ of meta-training seeds 0, 1, 2)."""
+    lrs: tuple[float, ...] = LR_GRID
+    """eval: learning-rate grid of the baselines (hand rule, random-features head, BP-SGD)."""
     out: str = ""
     """Write the results as JSON here ('' = print only)."""
 
@@ -725,8 +894,7 @@ def _parse(cls, tokens):
 
 def plugin(ec: EvalConfig, log=print) -> dict:
     theta, meta = ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})
-    fam = meta.get("family", {})
-    rcfg = ml.Config(feedback=fam.get("feedback", "dfa"))
+    rcfg = rule_cfg_of(meta)
     res = {}
     for T in ec.horizons:
         r = {"theta": plugin_accuracy(rcfg, theta, ec.width, T, ec.seeds),
@@ -752,7 +920,8 @@ def plugin(ec: EvalConfig, log=print) -> dict:
 
 
 USAGE = """usage: python -m localrules.meta train [preset=<sweeps/meta_*.toml>] [key=value ...]     meta-train θ
-       python -m localrules.meta eval theta=<dir> [horizons=[100,1000]] [tasks=64]   meta-test on held-out tasks
+       python -m localrules.meta eval theta=<dir> [horizons=[100,1000]] [tasks=64] [seeds=3] [thetas=[d0,d1,d2]]
+                                                      meta-test on held-out tasks
        python -m localrules.meta plugin theta=<dir> [horizons=[1000]] [seeds=3]      full 10-way Fashion-MNIST"""
 
 
@@ -773,11 +942,18 @@ def main(argv=None) -> int:
             return 0
         ec = _parse(EvalConfig, argv[1:])
         if argv[0] == "eval":
-            theta, meta = ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})
-            fam = meta.get("family", {})
-            rcfg = ml.Config(feedback=fam.get("feedback", "dfa"))
+            if ec.thetas and ec.theta:
+                raise ValueError("give theta=<dir> or thetas=[dir,...] (one per seed), not both")
+            if ec.thetas and len(ec.thetas) != ec.seeds:
+                raise ValueError(f"thetas has {len(ec.thetas)} entries but seeds={ec.seeds}: give one θ per seed")
+            loaded = [ml.load_theta(t) for t in ec.thetas] if ec.thetas else \
+                [ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})]
+            meta = loaded[0][1]
+            rcfg = rule_cfg_of(meta)
             dist = Dist(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("dist", {}).items()})
-            res = meta_test(theta, rcfg, dist, ec.horizons, ec.tasks, ways=ec.ways, width=ec.width, dim=ec.dim)
+            theta0 = ml.init_theta(None, "coef", lr=meta.get("meta", {}).get("lr0", 0.05))
+            res = meta_test([t for t, _ in loaded], rcfg, dist, ec.horizons, ec.tasks, ways=ec.ways,
+                            width=ec.width, dim=ec.dim, theta0=theta0, seeds=ec.seeds, lrs=ec.lrs)
         else:
             res = plugin(ec)
         if ec.out:

@@ -32,7 +32,19 @@ rule.hidden_optimizer.lr=1`` (or ``head_optimizer``) yourself.
 
 **θ files.** :func:`save_theta` writes a directory: ``theta/`` (orbax checkpoint of the θ pytree) and
 ``meta.json`` (family config, task distribution, meta-trainer config, meta-training seconds and FLOPs, command).
-``rule.theta`` takes such a directory, or the name of one shipped in ``rules/theta/`` (e.g. ``fmnist_mg``).
+``rule.theta`` takes such a directory, or the name of one shipped in ``rules/theta/`` (e.g. ``fmnist_mg``). A θ is
+tied to the rule settings it was meta-trained under (``feedback``, ``fan_in_scale``, ``n_ref``, from its meta.json):
+a run that sets others fails in one line naming the settings to add.
+
+**Shipped θ.** ``fmnist_mg``: made by ``python -m localrules.meta train preset=meta_cpu10min`` (meta-gradients,
+Fashion-MNIST tasks without classes 8/9 and without curriculum stages, horizons 100/250/500, 8 min 11 s wall on the
+shared 2-core CPU); its plug-in and meta-test comparisons with DFA, random features + linear head and BP-SGD are in
+``sweeps/meta_cpu10min.toml``.
+
+**Curriculum** (reduced budget: 65,536 samples per stage, 131,072 for S6, one seed, MLP 6144-256-256-21, θ =
+``fmnist_mg``; ``python -m localrules.sweep sweep=nursery_rules out=/work/runs timing_steps=5``, 649 s): no stage
+graduated; ACC 0.211, BWT −0.190, FWT +0.037; R (row = after stage, columns S1..S6) diagonal 0.716 0.237 0.250
+0.352 0.532 0.126, last row 0.342 0.154 0.160 0.251 0.232 0.126 (backprop in the same sweep: ACC 0.373).
 
 Dense layers only (any MLP architecture); convolutional layers raise a ValueError naming the fix. FLOPs: the terms
 cost two batch outer products per layer (one when c_hebb's y and m are fused, as here) plus O(n_in·n_out) for the
@@ -73,7 +85,8 @@ class Config:
     feedback: str = "dfa"
     """Modulator at hidden layers: dfa (output error through fixed random F_ℓ) | fa (layer-wise random feedback)."""
     fan_in_scale: bool = True
-    """Scale weight updates by n_ref / fan_in so that one θ works at any width (off only for equation tests)."""
+    """Scale weight updates by n_ref / fan_in so that one θ works at any width (off: the raw outer products — the
+    equation tests and the Shervani-Tabar comparator protocol, sweeps/meta_shervani_tabar_fmnist.toml)."""
     n_ref: int = 64
     """Reference fan-in of the scaling s_ℓ = n_ref / n_in(ℓ)."""
 
@@ -270,9 +283,27 @@ def make_with_theta(cfg: Config, arch, heads: core.Heads, theta) -> core.Rule:
     return core.Rule(init_fn, update_fn, predict_fn)
 
 
+SETTINGS = ("feedback", "fan_in_scale", "n_ref")
+"""Rule settings a θ is tied to: it was meta-trained under them, and under others it is a different rule."""
+
+
+def rule_settings(meta: dict) -> Config:
+    """The rule Config a θ was meta-trained under (``meta.json``'s ``family``; defaults where absent)."""
+    fam = meta.get("family", {}) if meta else {}
+    return Config(**{k: fam[k] for k in SETTINGS if k in fam})
+
+
 def theta_of(cfg: Config) -> dict:
     if cfg.theta:
-        return load_theta(cfg.theta)[0]
+        theta, meta = load_theta(cfg.theta)
+        want = rule_settings(meta)
+        diff = [k for k in SETTINGS if getattr(want, k) != getattr(cfg, k)]
+        if diff:
+            fix = " ".join(f"rule.{k}={str(getattr(want, k)).lower()}" for k in diff)
+            raise ValueError(f"rule.theta={cfg.theta!r} was meta-trained with {fix.replace('rule.', '')}, this run "
+                             f"sets {' '.join(f'{k}={str(getattr(cfg, k)).lower()}' for k in diff)}: add {fix} "
+                             "(under other settings θ is a different rule)")
+        return theta
     return init_theta(None, cfg.family, cfg.mlp_hidden)
 
 

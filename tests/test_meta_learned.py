@@ -189,6 +189,47 @@ def test_theta_files_round_trip_and_bad_paths_or_conv_nets_fail_in_one_line(tmp_
         ml.make(ml.Config(), build_cnn(CNNConfig(channels=(2,)), (8, 8, 1), 3), HEADS)
 
 
+def test_shipped_theta_trains_as_an_ordinary_rule_alone_and_inside_compose():
+    """rule=meta_learned rule.theta=fmnist_mg through the lab's build: the shipped θ is loaded (its meta.json values),
+    applied with sgd(1.0), and a few scanned steps move every layer; inside rule=compose it drives the hidden layers
+    under backprop's head."""
+    import json
+    import os
+
+    from tests.helpers import tiny_build
+
+    shipped, meta_ = ml.load_theta("fmnist_mg")
+    with open(os.path.join(ml.THETA_DIR, "fmnist_mg", "meta.json")) as f:
+        np.testing.assert_array_equal(np.asarray(shipped["c"]), np.asarray(json.load(f)["theta_values"]["c"],
+                                                                           np.float32))
+    assert meta_["command"].startswith("python -m localrules.meta train")
+    for tokens in (("rule=meta_learned", "rule.theta=fmnist_mg", "optimizer.name=adam"),
+                   ("rule=compose", "rule.hidden_rule=meta_learned", "rule.hidden_rule.theta=fmnist_mg",
+                    "rule.head_rule=backprop", "rule.hidden_optimizer.name=sgd", "rule.hidden_optimizer.lr=1")):
+        b = tiny_build(*tokens, "arch.hidden=[8]")
+        st = b.program.init(0)
+        out, _ = jax.jit(b.program.chunk, static_argnums=3)(st, b.task.data, 0, 2)
+        assert int(out.diverged_at) == -1
+        for p0, p1 in zip(st.params, out.params):
+            for n in p0:
+                assert np.all(np.isfinite(np.asarray(p1[n]))) and not np.array_equal(np.asarray(p0[n]),
+                                                                                      np.asarray(p1[n])), n
+        if tokens[0] == "rule=meta_learned":  # the rule's own optimizer, sgd(1.0), whatever optimizer.* says
+            g = jax.tree.map(jnp.ones_like, st.params)
+            u, _ = b.opt.update(g, b.opt.init(g), g)
+            assert all(np.all(np.asarray(a) == -1.0) for a in jax.tree.leaves(u))
+
+
+def test_a_theta_refuses_rule_settings_other_than_those_it_was_meta_trained_under(tmp_path):
+    from tests.helpers import tiny_build
+
+    ml.save_theta(str(tmp_path / "fa"), ml.init_theta(), {"family": {"feedback": "fa", "fan_in_scale": False}})
+    with pytest.raises(ValueError, match="add rule.feedback=fa rule.fan_in_scale=false"):
+        tiny_build("rule=meta_learned", f"rule.theta={tmp_path / 'fa'}")
+    b = tiny_build("rule=meta_learned", f"rule.theta={tmp_path / 'fa'}", "rule.feedback=fa", "rule.fan_in_scale=false")
+    assert b.rule_name == "meta_learned"
+
+
 # ------------------------------------------------------------------------------------------ meta-trainer
 
 
@@ -237,7 +278,7 @@ def test_diverging_tasks_hit_the_cap_and_the_masked_clipped_update_is_finite():
     L, _, g, _ = meta.meta_gradient(loss, theta, jnp.ones(3))
     assert float(L) == 10.0
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
-    assert float(optax.global_norm(g)) <= 1.0 + 1e-6
+    assert float(optax.tree.norm(g)) <= 1.0 + 1e-6
     opt = optax.adam(1e-2)
     u, _ = opt.update(g, opt.init(theta), theta)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(u))
@@ -276,6 +317,49 @@ def test_a_meta_step_keeps_theta_structure_does_not_retrace_and_es_vmap_equals_m
     e2 = meta.es_gradient(loss, theta, jax.random.PRNGKey(1), wstar, pairs=8)[2]
     for a, b in zip(jax.tree.leaves(e1), jax.tree.leaves(e2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_learn_freezes_the_other_coefficients_and_bad_meta_options_fail_in_one_line(capsys):
+    """learn=[err,oja]: a meta-step (grad and ES) moves only those columns of c (and loglr); the rest stay at θ₀."""
+    def task_fn(theta, key, data):
+        return jnp.sum((theta["c"] - 2.0) ** 2) + jnp.sum(theta["loglr"] ** 2), 0.0
+
+    theta = ml.init_theta()
+    for method in ("grad", "es"):
+        mc = meta.MetaConfig(method=method, learn=("err", "oja"), tasks=2, pairs=4)
+        opt = optax.adam(0.1)
+        th, _, _, _, _ = jax.jit(meta._make_meta_step(task_fn, opt, mc))(theta, opt.init(theta),
+                                                                         jax.random.PRNGKey(0), None)
+        moved = np.asarray(th["c"]) != np.asarray(theta["c"])
+        want = np.asarray([[t in ("err", "oja") for t in ml.TERMS]] * 2)
+        np.testing.assert_array_equal(moved, want)
+        assert np.all(np.asarray(th["loglr"]) != np.asarray(theta["loglr"]))
+    for args, msg in ((["learn=[err,hebbb]"], "unknown term"),
+                      (["validate_tasks=8", "validate_steps=100"], "choose one way")):
+        assert meta.main(["train", *args, "out=/nonexistent/x"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+
+
+@pytest.mark.slow
+def test_a_curriculum_stage_bucket_trains_the_inner_net_on_the_stage_stream():
+    """dist.stages: the S1 stream rendered inside the inner scan, 21 curriculum head units, query from the generator
+    (slow only because the renderer takes ~30 s to compile on the loaded CPU; its meta-gradient is the same
+    task_meta_gradient path as the Fashion-MNIST buckets'). The learned step must change the query loss relative to
+    a zero step; stages scored by forced choice are refused in one line."""
+    dist = meta.Dist(stages=("S1",), widths=(8,), horizons=(4,), batch=8, query=32, stage_frames=1)
+    (b,) = [b for b in meta.buckets(dist) if isinstance(b[0], str)]
+    assert b == ("S1", 3072, 8, 4)
+    fn = meta.make_stage_task_fn(ml.Config(), dist, b, segment=2)
+    assert fn.heads.total == 21 and fn.arch.layers[fn.arch.param_layers[0]].kind == "dense"
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    run = jax.jit(jax.vmap(fn, in_axes=(None, 0, None)))
+    ce, acc = run(ml.init_theta(lr=0.5), keys, fn.data())
+    ce0, acc0 = run(ml.init_theta(lr=1e-12), keys, fn.data())  # no learning: the initial net's query loss
+    assert np.all(np.isfinite(np.asarray(ce))) and np.all((0 <= np.asarray(acc)) & (np.asarray(acc) <= 1))
+    assert np.all(np.asarray(ce) < np.asarray(ce0)), (ce, ce0)
+    with pytest.raises(ValueError, match="forced choice"):
+        meta.make_stage_task_fn(ml.Config(), dist, ("S4", 3072, 8, 4))
 
 
 @pytest.mark.slow
