@@ -239,15 +239,17 @@ def results_block(records: list[dict], invocation: str) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str, path: str = "README.md") -> str:
-    """``text`` with the part between the results markers replaced by ``block``; refuses without both markers."""
-    b, e = text.find(BEGIN), text.find(END)
+def replace_block(text: str, block: str, path: str = "README.md", *, begin: str = BEGIN, end: str = END,
+                  what: str = "results") -> str:
+    """``text`` with the part between the ``begin``/``end`` markers replaced by ``block``; refuses without exactly one
+    pair of markers (the bench writes its own block with its own markers through this too)."""
+    b, e = text.find(begin), text.find(end)
     if b < 0 or e < 0 or e < b:
-        raise ReportError(f"{path} has no '{BEGIN}' … '{END}' block; add both markers (on their own lines) around "
-                          "the generated Results section")
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ReportError(f"{path} has more than one results block; keep exactly one pair of markers")
-    return text[: b + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + text[e:]
+        raise ReportError(f"{path} has no '{begin}' … '{end}' block; add both markers (on their own lines) around "
+                          f"the generated {what} section")
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ReportError(f"{path} has more than one {what} block; keep exactly one pair of markers")
+    return text[: b + len(begin)] + "\n" + block.rstrip("\n") + "\n" + text[e:]
 
 
 # ------------------------------------------------------------------------------------------------ plots
