@@ -47,3 +47,43 @@ def test_matmul_peak_is_a_positive_measured_rate():
     """The peak used for efficiency ratios is measured, not assumed."""
     p = cost.matmul_peak(n=128, repeats=3)
     assert p["gflops"] > 0 and np.isfinite(p["gflops"])
+
+
+def test_peak_memory_counts_the_activations_a_backward_pass_keeps():
+    """Gradient of a 3-layer tanh MLP at batch 512 keeps two 512×256 hidden activations (0.5 MB each) for the
+    backward pass. On CPU XLA's own ``peak_memory_in_bytes`` is arguments + outputs only, and YNNPACK fusions hide
+    their intermediates, so the lab's peak is arguments + outputs + temporaries of the plain-buffer compilation:
+    it must exceed arguments + outputs by at least those activations, and grow with the batch."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(ws, x):
+        h = x
+        for w in ws:
+            h = jnp.tanh(h @ w)
+        return jnp.sum(h)
+
+    ws = tuple(jnp.ones((256, 256), jnp.float32) * 0.01 for _ in range(3))
+    peaks = {}
+    for batch in (512, 1024):
+        x = jnp.ones((batch, 256), jnp.float32)
+        lowered = jax.jit(jax.grad(loss)).lower(ws, x)
+        opts = cost.CPU_PLAIN_BUFFERS if jax.default_backend() == "cpu" else None
+        c = cost.compiled_cost(lowered.compile(opts) if opts else lowered.compile())
+        acts = 2 * batch * 256 * 4
+        assert c["peak_bytes"] >= c["argument_bytes"] + c["output_bytes"] + acts - 1024, c
+        peaks[batch] = c["peak_bytes"]
+    assert peaks[1024] - peaks[512] >= 2 * 512 * 256 * 4, peaks
+    if jax.default_backend() == "cpu":  # a forward chain inside one YNNPACK fusion: its intermediates show only
+        plain = jax.jit(loss).lower(ws, x).compile(cost.CPU_PLAIN_BUFFERS)  # without the fusion
+        assert cost.compiled_cost(plain)["temp_bytes"] >= 1024 * 256 * 4
+
+
+def test_platform_names_the_cpu_model_and_core_count():
+    """Records said "cpu: cpu"; a CPU number is only comparable with the CPU it was measured on."""
+    import os
+
+    p = cost.platform()
+    assert p["cpu_model"] and p["cpu_cores"] >= 1 and p["cpu_cores"] <= (os.cpu_count() or 1)
+    if p["backend"] == "cpu":
+        assert p["device"] == f"{p['cpu_model']}, {p['cpu_cores']} cores"
