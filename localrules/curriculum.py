@@ -211,8 +211,13 @@ def run_curriculum(stages: list[Stage], *, test_stages: list[Stage] | None = Non
     vchunk = lambda p, **kw: jax.jit(jax.vmap(p.chunk, in_axes=(0, None, 0, None)), static_argnums=3, **kw)  # noqa
     # the donating twin reuses the state's buffers in place (no fresh ~20 MB allocation and its page faults per call);
     # the plain one is needed only while graduated seeds are frozen (the old state is still read by the select)
-    chunks = [vchunk(p) for p in programs]
-    chunks_donating = [vchunk(p, donate_argnums=0) for p in programs]
+    # one compiled chunk pair per distinct stream: stages that share a stream (same context/sample functions,
+    # e.g. the blur variants of one stage) reuse it instead of compiling it again
+    by_stream: dict = {}
+    for st, p in zip(stages, programs):
+        by_stream.setdefault((st.task.context, st.task.sample), (vchunk(p), vchunk(p, donate_argnums=0)))
+    chunks = [by_stream[(st.task.context, st.task.sample)][0] for st in stages]
+    chunks_donating = [by_stream[(st.task.context, st.task.sample)][1] for st in stages]
     ev_cache = {}
 
     def _ev(task):  # one compiled evaluator per evaluate function: tests that differ only in their data share it
