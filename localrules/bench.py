@@ -362,8 +362,9 @@ def check_readme(path: str) -> str:
 
 
 def replace_block(text: str, block: str) -> str:
-    b, e = text.find(BEGIN), text.find(END)
-    return text[: b + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + text[e:]
+    from localrules import report
+
+    return report.replace_block(text, block, begin=BEGIN, end=END, what="bench")
 
 
 def _validate(opts: dict):

@@ -68,7 +68,6 @@ def _prototype_task(noise: float, batch: int):
     return prototypes.make(prototypes.Config(size=8, test_size=64, noise=noise), batch)
 
 
-@pytest.mark.bug
 def test_curriculum_stages_that_share_a_stream_share_one_compiled_chunk():
     """A stage revisited (the same stream again, here under another name and with another test set) has the
     shape and the program of the first: the training chunk must be compiled once for the whole curriculum.
