@@ -53,9 +53,24 @@ Deviations, each with its reason:
     one epoch. The default, 0 (Hebbian layers and head learning together on every step), is not the paper's
     protocol: it is what works for streams (the curriculum) and for short runs such as ``rule=softhebb`` alone,
     where a phase of one epoch would leave no steps for the head.
-  * ``rule=softhebb`` without ``arch=`` uses ``arch=softhebb_cnn`` (the paper's 1-layer block): on the lab's
-    ReLU MLP the anti-Hebbian non-winners are pushed below zero and ReLU silences them, so the features are
-    worse than random ones (prototypes: 0.52 vs 0.90); the Triangle keeps the above-mean units active.
+  * ``rule=softhebb`` without ``arch=`` uses ``softhebb_cnn.CURRICULUM``, a cheap SoftHebb CNN, not the paper's
+    block: avg2/2/0 input pool → BN → 2×2 conv, stride 2, 64 channels → Triangle^1.4 → linear head on the 8×8×64
+    = 4096 features (0.88 MFLOP per sample). The default task is the nursery curriculum, where a stage the rule
+    does not graduate takes its whole budget (up to 3.5 M samples in all), and the paper's 96-channel 5×5 block
+    on the full 32×32×6 canvas costs 2.4 ms of CPU per training sample (4.6 ms before this version's speed-ups):
+    about an hour for the curriculum, which must finish in under 5 minutes. The choice among cheap variants
+    (wider, larger kernels, pooled, other Triangle powers, a Triangle MLP on a 4×-pooled canvas) is tabulated at
+    ``CURRICULUM``. Measured on the shared 2-core CPU (2026-12-03, fresh process, compile included),
+    ``/usr/bin/time -v python -m localrules.sweep rule=softhebb``: user 316.0 s, sys 33.8 s, i.e. (user + sys)/2
+    = 175 s as the quiet 2-core wall time (255 s wall on the lightly shared machine); S1 graduated at 2,400
+    samples, S5 at 33,600, S2/S3/S4/S6 not (final 0.63/0.46/0.65/0.25), ACC 0.197, BWT −0.54. Not the lab's
+    ReLU MLP: there the anti-Hebbian non-winners are pushed below zero and ReLU silences them, so the features
+    are worse than random ones (prototypes: 0.52 vs 0.90); the Triangle keeps the above-mean units active.
+  * The winner of the soft WTA is every neuron at its row's maximum, not ``argmax`` (3× cheaper on XLA:CPU):
+    they differ only on exact float ties, which random weights give only for an all-zero input patch, whose
+    contribution to ΔW is zero either way.
+  * The head's dropout keep probability is rounded to a multiple of 1/256 (exact for the paper's 0.5): the mask
+    is drawn from as few random bits per element as that needs (:func:`dropout_mask`).
   * One run has one batch size, so the head batch is the run's batch (Fashion-MNIST presets: 60, paper 64) and
     the Hebbian batch comes from ``hebbian_batch`` micro-steps (10, as the paper).
   * The 2022 bias rule and the Lebesgue exponent p ≠ 2 are not implemented (unused by the ICLR presets).
@@ -66,6 +81,7 @@ Deviations, each with its reason:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -175,40 +191,71 @@ def micro_batch(hebbian_batch: int, batch_size: int) -> int:
 
 def wta_signal(u: jax.Array, cfg_plasticity: str, t: float, krotov_delta: float = 0.05,
                krotov_rank: int = 2) -> tuple[jax.Array, jax.Array]:
-    """ỹ (N, K) for pre-activations ``u`` (N, K), and the soft WTA y itself. See the module docstring."""
-    y = jax.nn.softmax(t * u, axis=-1)
-    win = jax.nn.one_hot(jnp.argmax(u, axis=-1), u.shape[-1], dtype=u.dtype)
+    """ỹ (N, K) for pre-activations ``u`` (N, K), and the soft WTA y itself. See the module docstring.
+
+    The winner is where u equals its row maximum (the softmax reuses that maximum). On XLA:CPU ``argmax`` (a
+    variadic value-and-index reduction) costs about 3× the whole softmax. The two differ only on exact float
+    ties, where this makes every tied neuron a winner: ties need w_k·x_n = w_l·x_n exactly, which random
+    weights give only for x_n = 0 — a patch that adds nothing to ΔW (both of its terms carry x_n or u_n = 0).
+    """
+    m = jnp.max(u, axis=-1, keepdims=True)
+    e = jnp.exp(t * (u - m))  # t > 0: max(t·u) = t·max(u)
+    y = e / jnp.sum(e, axis=-1, keepdims=True)
+    win = u >= m
     if cfg_plasticity == "softkrotov":
-        yt = jnp.where(win > 0, y, -y)
+        yt = jnp.where(win, y, -y)
     elif cfg_plasticity == "soft":
         yt = y
     elif cfg_plasticity == "hard":
-        yt = win
+        yt = win.astype(u.dtype)
     elif cfg_plasticity == "hard_krotov":
         ranked = jax.lax.top_k(u, krotov_rank)[1][:, krotov_rank - 1]
-        yt = win - krotov_delta * jax.nn.one_hot(ranked, u.shape[-1], dtype=u.dtype)
+        yt = win.astype(u.dtype) - krotov_delta * jax.nn.one_hot(ranked, u.shape[-1], dtype=u.dtype)
     else:  # none
         yt = jnp.zeros_like(u)
     return yt, y
 
 
-def hebbian_delta(x: jax.Array, u: jax.Array, w2d: jax.Array, yt: jax.Array, normalise: bool) -> jax.Array:
-    """ΔW in the lab's (D, K) layout: ``Xᵀỹ − W·diag(Σ_n ỹ ⊙ u)``, optionally divided by the layer's max |ΔW|."""
-    dw = x.T @ yt - w2d * jnp.sum(yt * u, axis=0)[None, :]  # explicit broadcast: tests raise on rank promotion
+def hebbian_delta(xty: jax.Array, u: jax.Array, w2d: jax.Array, yt: jax.Array, normalise: bool) -> jax.Array:
+    """ΔW in the lab's (D, K) layout from the correlation ``xty = Xᵀỹ``: ``Xᵀỹ − W·diag(Σ_n ỹ ⊙ u)``, optionally
+    divided by the layer's max |ΔW|."""
+    # Σ_n ỹ_nk u_nk as a matrix-vector product: XLA:CPU runs a column sum over many rows (jnp.sum(axis=0))
+    # about 15× slower (measured: 8.8 vs 0.5 ms for 25,600 × 32)
+    s = jnp.ones((u.shape[0],), u.dtype) @ (yt * u)
+    dw = xty - w2d * s[None, :]  # explicit broadcast: tests raise on rank promotion
     if normalise:
         dw = dw / (jnp.max(jnp.abs(dw)) + 1e-30)
     return dw
 
 
-def _layer_input_rows(layer, p, x):
-    """(normalised patches X (N, D), the layer's normaliser applied to x) for any layer the rule can train."""
+def dropout_mask(key, keep: float, shape) -> tuple[jax.Array, float]:
+    """A Bernoulli keep-mask from b ∈ {1, 2, 4, 8} random bits per element, the fewest that express the keep
+    probability rounded to a multiple of 1/256 (b = 1 for the paper's 0.5: one 32-bit threefry draw serves 32
+    elements, where ``jax.random.bernoulli`` draws 32 bits per element — the dropout was ~15 % of a small
+    block's step). Returns the mask and the (rounded) keep probability for the inverted-dropout scale."""
+    level = min(max(round(keep * 256), 1), 256)
+    if level == 256:
+        return jnp.ones(shape, bool), 1.0
+    bits = next(b for b in (1, 2, 4, 8) if level % (256 >> b) == 0)
+    n, per = math.prod(shape), 32 // bits
+    words = jax.random.bits(key, (-(-n // per),), jnp.uint32)
+    shifts = jnp.arange(0, 32, bits, dtype=jnp.uint32)
+    vals = (words[:, None] >> shifts[None, :]) & jnp.uint32((1 << bits) - 1)
+    return vals.reshape(-1)[:n].reshape(shape) < jnp.uint32(level >> (8 - bits)), level / 256
+
+
+def _correlation(layer, p, x, yt):
+    """``Σ_n x_n ỹ_nᵀ`` (D, K) over the layer's competition instances: x_n = its normalised input rows (dense) or
+    reflect-padded patches (conv). SoftHebb blocks compute it themselves (``meta["correlate"]``, without
+    unfolding when ``conv_impl=conv``); other layers from unfolded rows. ``yt`` has the layer's ``pre`` shape."""
     meta = layer.meta
+    k = yt.shape[-1]
     if meta.get("softhebb"):
-        return meta["patches"](meta["normalize"](p, x))
+        return meta["correlate"](meta["normalize"](p, x), yt)
     if layer.kind == "conv":
         pt = conv_patches(x, meta["k"], meta["stride"], meta["padding"])
-        return pt.reshape(-1, pt.shape[-1])
-    return x.reshape(x.shape[0], -1)
+        return pt.reshape(-1, pt.shape[-1]).T @ yt.reshape(-1, k)
+    return x.reshape(x.shape[0], -1).T @ yt.reshape(-1, k)
 
 
 def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
@@ -258,10 +305,11 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
             u, y_out = layer.apply(p_fwd, h)
             k = u.shape[-1]
             U = u.reshape(-1, k)  # (N, K)
-            X = _layer_input_rows(layer, p_fwd, h)  # (N, D)
             w2d = p["w"].reshape(-1, k)  # (D, K)
             yt, ysoft = wta_signal(U, cfg.plasticity, t_inv[li], cfg.krotov_delta, cfg.krotov_rank)
-            dw = hebbian_delta(X, U, w2d, yt, cfg.update_norm == "global_max") if cfg.plasticity != "none" else None
+            if cfg.plasticity != "none":
+                xty = _correlation(layer, p_fwd, h, yt.reshape(u.shape))  # Σ_n x_n ỹ_nᵀ, (D, K)
+                dw = hebbian_delta(xty, U, w2d, yt, cfg.update_norm == "global_max")
             if cfg.lr_mode == "adaptive":
                 norm = jnp.sqrt(jnp.sum(w2d * w2d, axis=0))  # (K,) before the step
                 eta = lr0[li] * jnp.power(jnp.abs(norm - 1.0) + 1e-10, q[li])
@@ -291,15 +339,13 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
         b = batch.x.shape[0]
         hb = micro_batch(cfg.hebbian_batch, b)
         nm = b // hb
-        xs = batch.x.reshape((nm, hb) + batch.x.shape[1:])
 
-        def body(P, inp):
-            x, j = inp
+        def body(P, j):  # the batch is sliced in the loop: reshaped to (nm, hb, ...) it is copied under vmap
+            x = jax.lax.dynamic_slice_in_dim(batch.x, j * hb, hb) if nm > 1 else batch.x
             P2, h, m = micro_step(P, x, t, j, nm)
             return P2, (h, m)
 
-        P_end, (h_head, ms) = jax.lax.scan(body, tuple(params), (xs, jnp.arange(nm)),
-                                           unroll=nm if cfg.unroll else 1)
+        P_end, (h_head, ms) = jax.lax.scan(body, tuple(params), jnp.arange(nm), unroll=nm if cfg.unroll else 1)
         metrics = jax.tree.map(lambda v: jnp.mean(v, axis=0), ms)
         h_head = h_head.reshape((b,) + h_head.shape[2:])  # the head's input, from the same forward passes
 
@@ -313,8 +359,8 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
         # the head: dropout on its input, then the exact gradient of the task loss w.r.t. the head's parameters
         hp = params[head_idx]
         if cfg.head_dropout > 0:
-            keep = jax.random.bernoulli(key, 1.0 - cfg.head_dropout, h_head.shape)
-            h_head = jnp.where(keep, h_head / (1.0 - cfg.head_dropout), 0.0)
+            keep, p_keep = dropout_mask(key, 1.0 - cfg.head_dropout, h_head.shape)
+            h_head = jnp.where(keep, h_head / p_keep, 0.0)
         _, z = arch.apply_layer(head_idx, hp, h_head)
         metrics["loss"] = core.loss(z, batch.y, heads)
         if cfg.head == "delta":
@@ -344,9 +390,10 @@ def optimizer(cfg: Config, arch, make_opt) -> optax.GradientTransformation:
 
 
 def _default_arch():
+    """``rule=softhebb`` without ``arch=``: the cheap SoftHebb CNN sized for the curriculum (the default task)."""
     from localrules.architectures import softhebb_cnn
 
-    return softhebb_cnn.Config()
+    return softhebb_cnn.CURRICULUM
 
 
 RULE = core.RuleSpec("softhebb", Config, make, aliases=("sh",),

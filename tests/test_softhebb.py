@@ -139,30 +139,34 @@ def test_without_update_normalisation_the_raw_oja_step_is_applied():
                                rtol=1e-5, atol=1e-6)
 
 
-def np_unfold_torch_order(x_nchw, k, pad):
-    """Reflect-pad (edge not repeated) and unfold into (B·H·W, C·k·k) rows ordered like a (K, C, kh, kw) kernel."""
+def np_unfold_torch_order(x_nchw, k, pad, stride=1):
+    """Reflect-pad (edge not repeated) and unfold into (B·H'·W', C·k·k) rows ordered like a (K, C, kh, kw) kernel,
+    one row per output pixel of a stride-``stride`` convolution."""
     xp = np.pad(x_nchw, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    b, c, h, w = x_nchw.shape
+    b, c, hp, wp = xp.shape
     rows = []
     for n in range(b):
-        for i in range(h):
-            for j in range(w):
+        for i in range(0, hp - k + 1, stride):
+            for j in range(0, wp - k + 1, stride):
                 rows.append(xp[n, :, i:i + k, j:j + k].reshape(-1))
     return np.asarray(rows)
 
 
-def test_conv_update_equals_the_dense_update_on_unfolded_reflect_padded_patches():
+@pytest.mark.parametrize("impl,stride", [("im2col", 1), ("conv", 1), ("im2col", 2), ("conv", 2)])
+def test_conv_update_equals_the_dense_update_on_unfolded_reflect_padded_patches(impl, stride):
     """Spec Test 3: the conv rule is the dense rule with one competition per (sample, pixel) on reflect-padded
     patches; one max over the whole (K, C_in, 3, 3) tensor. The oracle unfolds in PyTorch's (C, kh, kw) order,
-    the library in (kh, kw, C): the comparison is made after transposing both to one layout."""
+    the library in (kh, kw, C): the comparison is made after transposing both to one layout. Both
+    implementations of ΣỸᵀX (unfolded patches; a convolution's weight gradient, no unfolding) and a strided
+    convolution (6×6 input, stride 2: 3×3 output pixels; the correlation is 4×4 and must be cropped to 3×3)."""
     rng = np.random.default_rng(1)
-    b, c, s, k, K = 2, 2, 5, 3, 3
+    b, c, s, k, K = 2, 2, 5 if stride == 1 else 6, 3, 3
     x = rng.normal(size=(b, c, s, s))
     Wt = rng.normal(0.0, 25.0 / np.sqrt(c * k * k), (K, c, k, k))  # (K, C_in, kh, kw)
-    expected = np_step(np_unfold_torch_order(x, k, 1), Wt.reshape(K, -1)).reshape(K, c, k, k)
+    expected = np_step(np_unfold_torch_order(x, k, 1, stride), Wt.reshape(K, -1)).reshape(K, c, k, k)
 
-    arch = architectures.build(softhebb_cnn.Config(channels=(K,), kernels=(k,), paddings=(1,), pools=("none",),
-                                                   bn="none"), (s, s, c), 2)
+    arch = architectures.build(softhebb_cnn.Config(channels=(K,), kernels=(k,), paddings=(1,), strides=(stride,),
+                                                   pools=("none",), bn="none", conv_impl=impl), (s, s, c), 2)
     rule = softhebb.make(softhebb.Config(hebbian_batch=0, hebbian_steps=4), arch, HEADS)
     params = list(arch.init(jax.random.PRNGKey(0)))
     params[1] = {"w": jnp.asarray(Wt.transpose(2, 3, 1, 0), jnp.float32)}  # → (kh, kw, C_in, K)
@@ -234,15 +238,18 @@ def np_pool(x, k, s, p, kind):
     return out
 
 
-@pytest.mark.parametrize("kind", ["max", "avg"])
-def test_pools_pad_like_pytorch(kind):
+@pytest.mark.parametrize("kind,k,s,p", [("max", 4, 2, 1), ("avg", 4, 2, 1), ("max", 2, 2, 0), ("avg", 2, 2, 0),
+                                        ("avg", 3, 3, 1)])
+def test_pools_pad_like_pytorch(kind, k, s, p):
     """Pitfall 8: max4/2/1 pads with −∞ (a negative input must not see a 0 border); avg4/2/1 counts the zero
-    padding in the average (count_include_pad=True)."""
+    padding in the average (count_include_pad=True). Overlapping windows (separable reduce_window) and
+    non-overlapping ones (strided slices: the input pool of the curriculum default) alike."""
     x = -1.0 - np.random.default_rng(4).random((2, 6, 6, 3))
-    layer = softhebb_cnn.padded_pool(f"{kind}4/2/1")
+    layer = softhebb_cnn.padded_pool(f"{kind}{k}/{s}/{p}")
     got = np.asarray(layer.apply({}, jnp.asarray(x, jnp.float32))[1])
-    np.testing.assert_allclose(got, np_pool(x, 4, 2, 1, kind), rtol=1e-6)
-    assert got.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(got, np_pool(x, k, s, p, kind), rtol=1e-6)
+    n = (6 + 2 * p - k) // s + 1
+    assert got.shape == (2, n, n, 3)
 
 
 def test_radius_initialisation_gives_weight_norms_near_the_radius():
@@ -390,15 +397,58 @@ def _trained_accuracy(*tokens):
 
 
 def test_the_default_rule_and_the_composed_paper_protocol_learn_through_the_engine():
-    """``rule=softhebb`` at its defaults (its own SoftHebb CNN, no phases) and the paper protocol as
-    ``rule=compose`` (one Hebbian phase with sgd(1), then a backprop head) on 4 prototype classes, through the
-    engine's jitted, vmapped training chunk: both clearly above chance 0.25."""
+    """``rule=softhebb`` at its defaults (its own curriculum SoftHebb CNN, here 32 channels; no phases) and the
+    paper protocol as ``rule=compose`` (one Hebbian phase with sgd(1), then a backprop head, on the paper's block)
+    on 4 prototype classes, through the engine's jitted, vmapped training chunk: both clearly above chance 0.25."""
     task = ["task=prototypes", "task.classes=4", "task.size=8", "task.noise=0.1", "task.test_size=200",
             "batch_size=20", "samples=600"]
-    b, acc = _trained_accuracy("rule=softhebb", *task, "arch.channels=[8]")
+    b, acc = _trained_accuracy("rule=softhebb", *task, "arch.channels=[32]")
     assert b.arch.name.startswith("softhebb_cnn") and acc > 0.6, acc
     _, acc = _trained_accuracy("rule=compose", "arch=softhebb_cnn", "arch.channels=[8]", "rule.hidden_rule=softhebb",
                                "rule.hidden_rule.head=none", "rule.hidden_rule.hebbian_steps=10",
                                "rule.hidden_steps=10", "rule.head_rule=backprop", "rule.hidden_optimizer.name=sgd",
                                "rule.hidden_optimizer.lr=1", *task)
     assert acc > 0.6, acc
+
+
+def test_head_dropout_mask_keeps_the_requested_fraction_from_independent_bits():
+    """The head's dropout draws the fewest random bits per element that express the keep probability rounded to
+    1/256 (1 bit for the paper's 0.5, 2 for 0.75, 8 for 0.8), returned for the inverted-dropout scale; neighbours
+    (bits of one 32-bit draw) are not correlated."""
+    for keep, exact in ((0.5, 0.5), (0.75, 0.75), (0.8, 205 / 256)):
+        m, p = softhebb.dropout_mask(jax.random.PRNGKey(0), keep, (400, 501))
+        m = np.asarray(m, np.float64)
+        assert p == exact and m.shape == (400, 501) and abs(m.mean() - exact) < 0.005, (keep, m.mean())
+        a, b = m.reshape(-1)[:-1], m.reshape(-1)[1:]
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+    m, p = softhebb.dropout_mask(jax.random.PRNGKey(0), 1.0, (3, 4))
+    assert p == 1.0 and bool(jnp.all(m))
+
+
+def test_rule_softhebb_alone_builds_its_curriculum_architecture_and_it_learns():
+    """``python -m localrules.sweep rule=softhebb`` (no arch=) builds ``softhebb_cnn.CURRICULUM``, the cheap
+    SoftHebb net sized for the nursery curriculum: on its input (two 32×32×3 frames stacked as 6 channels) an
+    input pool, one Hebbian conv block and the linear head over the 21 named outputs. A few engine steps on the
+    S1 stream move the Hebbian weights, the block's BN statistics and the head."""
+    from localrules import cli
+    from localrules.config import RunConfig
+
+    cfg = cli.apply_overrides(RunConfig(), [cli.split_token("rule=softhebb")])
+    assert cfg.arch == softhebb._default_arch() == softhebb_cnn.CURRICULUM
+    assert type(cfg.task).__module__.endswith("curriculum")  # the default task is the nursery curriculum
+    b = build_run("rule=softhebb", "task.stages=[S1]", "task.frames=2", "task.blur_robustness=false",
+                  "batch_size=20", "timing_steps=0", "checkpoint=false", "progress=false")
+    assert b.arch.input_shape == (2, 32, 32, 3) and b.arch.out_dim == 21
+    kinds = [layer.kind for layer in b.arch.layers]
+    hebb, head = softhebb.layout(b.arch)
+    assert len(hebb) == 1 and kinds[hebb[0] - 1] == "pool" and kinds[head] == "dense"
+    conv = b.arch.layers[hebb[0]]
+    assert conv.kind == "conv" and conv.meta["c_in"] == 6 and conv.meta["c_out"] == softhebb_cnn.CURRICULUM.channels[0]
+    seeds = jnp.asarray([0], jnp.int32)
+    chunk = jax.jit(jax.vmap(b.program.chunk, in_axes=(0, None, 0, None)), static_argnums=3)
+    s0 = jax.vmap(b.program.init)(seeds)
+    s1, _ = chunk(s0, b.task.data, seeds, 3)
+    p0, p1 = s0.params, s1.params
+    for i, key in ((hebb[0], "w"), (hebb[0], "bn_mean"), (head, "w")):
+        assert float(jnp.max(jnp.abs(p1[i][key] - p0[i][key]))) > 1e-4, (i, key)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(p1))
