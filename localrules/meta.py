@@ -332,20 +332,7 @@ def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_que
         qx = prep(images[chosen[qy], qi])
         order = jax.random.permutation(jax.random.fold_in(ks, 1), k * P)
         task = core.Task("meta", heads, (d,), (pool, order), core.no_context, sample, None, None)
-        if method == "rule":
-            rule = ml.make_with_theta(rcfg, arch, heads, theta)
-        else:
-            rule = _backprop_rule(arch, heads)
-        lr = jnp.exp(theta["loglr"][0]) if method == "bp" else 1.0
-        program = make_program(rule, optax.sgd(lr), arch, task)
-        seed = jax.random.randint(kseed, (), 0, 2**30)
-        state = program.init(seed)
-
-        @jax.checkpoint
-        def segment_fn(st):
-            return program.chunk(st, (pool, order), seed, seg)[0]
-
-        state, _ = jax.lax.scan(lambda st, _: (segment_fn(st), None), state, None, length=T // seg)
+        state = _train_inner(rcfg, arch, heads, theta, method, task, (pool, order), kseed, T, seg)
         logits = arch.apply(state.params, qx)
         ce = cap_loss(core.loss(logits, qy[:, None], heads))
         acc = jnp.mean(jnp.argmax(logits, -1) == qy)
@@ -353,6 +340,22 @@ def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_que
 
     task_fn.arch, task_fn.heads = arch, heads
     return task_fn
+
+
+def _train_inner(rcfg, arch, heads, theta, method, task, data, kseed, T, seg):
+    """The inner loop of one meta-training task: ``rule(θ)`` (or backprop at θ's ``loglr`` for ``method="bp"``)
+    trains a fresh network for T steps, as T/seg rematerialised segments of the lab's own chunk."""
+    rule = ml.make_with_theta(rcfg, arch, heads, theta) if method == "rule" else _backprop_rule(arch, heads)
+    lr = jnp.exp(theta["loglr"][0]) if method == "bp" else 1.0
+    program = make_program(rule, optax.sgd(lr), arch, task)
+    seed = jax.random.randint(kseed, (), 0, 2**30)
+
+    @jax.checkpoint
+    def segment_fn(st):
+        return program.chunk(st, data, seed, seg)[0]
+
+    state, _ = jax.lax.scan(lambda st, _: (segment_fn(st), None), program.init(seed), None, length=T // seg)
+    return state
 
 
 def make_stage_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, segment: int = 50, method: str = "rule"):
@@ -387,17 +390,7 @@ def make_stage_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, segment: int 
     def task_fn(theta, key, sprites):
         kq, kseed = jax.random.split(key)
         task = core.Task("meta/" + name, heads, (d,), sprites, core.no_context, sample, None, None)
-        rule = ml.make_with_theta(rcfg, arch, heads, theta) if method == "rule" else _backprop_rule(arch, heads)
-        lr = jnp.exp(theta["loglr"][0]) if method == "bp" else 1.0
-        program = make_program(rule, optax.sgd(lr), arch, task)
-        seed = jax.random.randint(kseed, (), 0, 2**30)
-        state = program.init(seed)
-
-        @jax.checkpoint
-        def segment_fn(st):
-            return program.chunk(st, sprites, seed, seg)[0]
-
-        state, _ = jax.lax.scan(lambda st, _: (segment_fn(st), None), state, None, length=T // seg)
+        state = _train_inner(rcfg, arch, heads, theta, method, task, sprites, kseed, T, seg)
         q = render(sprites, kq, 0, dist.query)
         logits = arch.apply(state.params, q.x)
         ce = cap_loss(core.loss(logits, q.y, heads))
