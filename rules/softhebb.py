@@ -335,6 +335,7 @@ def make(cfg: Config, arch, heads: core.Heads) -> core.Rule:
         return SoftHebbState(jnp.zeros((), jnp.int32))
 
     def update_fn(params, state, batch, key):
+        arch.check_input(batch.x)  # a clear error (the micro-batch reshape below would fail obscurely)
         t = state.step
         b = batch.x.shape[0]
         hb = micro_batch(cfg.hebbian_batch, b)
