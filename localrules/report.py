@@ -93,7 +93,11 @@ def score(record: dict) -> tuple[float, float]:
 
 
 def label_of(record: dict) -> str:
-    return record.get("rule_label") or record["rule"]
+    label = record.get("rule_label") or record["rule"]
+    rule_cfg = (record.get("config") or {}).get("rule") or {}
+    if rule_cfg.get("plasticity") == "none" and "(" not in label:  # records written before run.rule_label knew it
+        label = f"{label}(plasticity=none)"
+    return label
 
 
 def _pct(x: float) -> str:
@@ -226,6 +230,16 @@ def results_block(records: list[dict], invocation: str) -> str:
                 row += [_pm(m, s) + ("" if r.get("status", "ok") == "ok" else f" ({r['status']})"), vs]
             row += [flops, _fmt(r.get("wall_s"), ".0f"), machine_of(r), _date(r), cmd]
             lines.append("| " + " | ".join(_md_escape(x) if i < len(row) - 1 else x for i, x in enumerate(row)) + " |")
+        for r in recs:  # a learned rule against its own random-frozen-features control in the same sweep
+            control = next((x for x in recs if label_of(x) == f"{label_of(r)}(plasticity=none)"
+                            and x.get("arch") == r.get("arch")), None)
+            if control is not None:
+                (m, _), (cm, _) = score(r), score(control)
+                if math.isfinite(m) and math.isfinite(cm):
+                    verdict = "beats" if m > cm else "does not beat"
+                    statements.append(f"- {name}: **{label_of(r)} {verdict} its random frozen features** "
+                                      f"({label_of(control)}) by {abs(100 * (m - cm)):.2f} points "
+                                      f"({_pct(m)} vs {_pct(cm)} %).")
         lines.append("")
     if statements:
         lines.append("Local rules against backprop (same sweep: same architecture family, data order, sample budget "

@@ -598,6 +598,8 @@ def rule_label(rule_cfg) -> str:
     name = rules_registry.name_of(rule_cfg)
     if name == "compose":
         return f"compose({rules_registry.name_of(rule_cfg.hidden_rule)}+{rules_registry.name_of(rule_cfg.head_rule)})"
+    if getattr(rule_cfg, "plasticity", None) == "none":  # SoftHebb's random-frozen-features control
+        return f"{name}(plasticity=none)"
     return name
 
 

@@ -224,6 +224,18 @@ def test_results_block_states_numbers_commands_machine_date_and_where_a_local_ru
     assert "2026-12-03" in block and "3 / 2" in block
 
 
+def test_a_hebbian_rule_is_stated_against_its_random_frozen_features_control():
+    bp = plain("backprop", [[0.1, 0.1], [0.80, 0.82]], evals=(0, 200))
+    sh = plain("softhebb", [[0.1, 0.1], [0.86, 0.88]], evals=(0, 200))
+    rnd = plain("softhebb", [[0.1, 0.1], [0.78, 0.79]], evals=(0, 200))
+    rnd["config"] = {"rule": {"_name": "softhebb", "plasticity": "none"}}  # a record written before the label knew
+    block = report.results_block([bp, sh, rnd], "python -m localrules.report x")
+    assert "| softhebb(plasticity=none) |" in block
+    assert "**softhebb beats its random frozen features** (softhebb(plasticity=none)) by 8.50 points" in block
+    rnd["acc_mean"] = 0.9
+    assert "**softhebb does not beat its random frozen features**" in report.results_block([bp, sh, rnd], "x")
+
+
 def test_reproduced_rows_show_the_paper_number_and_pair_with_backprop_on_the_same_architecture():
     fc_bp = plain("backprop", [[0.1, 0.1], [0.5, 0.5], [0.98, 0.98]], arch="mlp_784-1024-10")
     conv_bp = plain("backprop", [[0.1, 0.1], [0.5, 0.5], [0.99, 0.99]], arch="pepita_conv_32")
