@@ -80,6 +80,14 @@ def _cmd(*args):
     return [sys.executable, "-m", "localrules.sweep", *args]
 
 
+def _foreground_cmd(*args):
+    """``python -m localrules.sweep *args`` with SIGINT handled as in a terminal's foreground process."""
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv = ['localrules.sweep', *sys.argv[1:]]; "
+            "runpy.run_module('localrules.sweep', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", boot, *args]
+
+
 def _run(env, *args, fault=None, timeout=600):
     e = dict(env, LOCALRULES_FAULT=fault) if fault else env
     return subprocess.run(_cmd(*args), capture_output=True, text=True, env=e, timeout=timeout)
@@ -286,8 +294,10 @@ def faulted(tmp_path_factory, cli_env, sweep_file):
     procs: list[subprocess.Popen] = []
     try:
         # 1. Ctrl-C during training: the process stops itself after chunk n_int (holding the sweep's lock) ...
-        p1 = subprocess.Popen(_cmd(*args, f"out={k}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(cli_env, LOCALRULES_FAULT=f"STOP@chunk:{n_int}"))
+        # (as a foreground command: Python's Ctrl-C handler installed even when this suite runs as a background
+        # job, whose children a non-interactive shell starts with SIGINT ignored, which Python then keeps)
+        p1 = subprocess.Popen(_foreground_cmd(*args, f"out={k}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(cli_env, LOCALRULES_FAULT=f"STOP@chunk:{n_int}"))
         procs.append(p1)
         _wait(lambda: _stopped(p1.pid), p1, 600, f"the sweep to reach chunk {n_int}")
         # 2. ... a second process (this one) on the same directory is refused meanwhile ...
