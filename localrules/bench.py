@@ -391,7 +391,8 @@ def run(argv: list[str]) -> dict:
             raise BenchError(f"unknown option {k!r}; options: {', '.join(DEFAULTS)}")
         opts[k] = v
     _validate(opts)
-    readme_text = check_readme(opts["readme"]) if opts["readme"] else None
+    if opts["readme"]:
+        check_readme(opts["readme"])  # a bad readme= fails now, before the measurements
     all_rules = ["backprop"] + [r for r in sorted(registry.RULES) if r != "backprop"]
     rules = _rule_list(opts, "rules", all_rules)
     user = parse_rule_args(opts["rule_args"])
@@ -574,6 +575,9 @@ def run(argv: list[str]) -> dict:
         with open(opts["json"], "w", encoding="utf-8") as f:
             json.dump(cost.to_builtin(report), f, indent=1)
     if opts["readme"]:
+        # read again: the file may have been edited during the bench (checked at the start so that a bad readme=
+        # fails before the measurements, not after)
+        readme_text = check_readme(opts["readme"])
         with open(opts["readme"], "w", encoding="utf-8") as f:
             f.write(replace_block(readme_text, "\n".join(out.lines)))
         print(f"{opts['readme']}: bench block regenerated")
