@@ -271,11 +271,6 @@ def rule_cfg(mc: MetaConfig) -> ml.Config:
     return ml.Config(family=mc.family, mlp_hidden=mc.mlp_hidden, feedback=mc.feedback, fan_in_scale=mc.fan_in_scale)
 
 
-def rule_cfg_of(meta: dict) -> ml.Config:
-    """The rule settings a θ was meta-trained under (its ``meta.json`` ``family``); defaults for a bare θ."""
-    return ml.rule_settings(meta)
-
-
 def make_task_fn(rcfg: ml.Config, dist: Dist, bucket: tuple, n_train: int, n_query: int, classes_from: tuple,
                  must_include: tuple = (), segment: int = 50, method: str = "rule"):
     """``task_fn(θ, key, data) -> (query CE (capped), query acc)`` for one bucket (k, d, width, T).
@@ -887,7 +882,7 @@ def _parse(cls, tokens):
 
 def plugin(ec: EvalConfig, log=print) -> dict:
     theta, meta = ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})
-    rcfg = rule_cfg_of(meta)
+    rcfg = ml.rule_settings(meta)
     res = {}
     for T in ec.horizons:
         r = {"theta": plugin_accuracy(rcfg, theta, ec.width, T, ec.seeds),
@@ -942,7 +937,7 @@ def main(argv=None) -> int:
             loaded = [ml.load_theta(t) for t in ec.thetas] if ec.thetas else \
                 [ml.load_theta(ec.theta) if ec.theta else (ml.init_theta(), {})]
             meta = loaded[0][1]
-            rcfg = rule_cfg_of(meta)
+            rcfg = ml.rule_settings(meta)
             dist = Dist(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("dist", {}).items()})
             theta0 = ml.init_theta(None, "coef", lr=meta.get("meta", {}).get("lr0", 0.05))
             res = meta_test([t for t, _ in loaded], rcfg, dist, ec.horizons, ec.tasks, ways=ec.ways,

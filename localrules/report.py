@@ -93,11 +93,11 @@ def score(record: dict) -> tuple[float, float]:
 
 
 def label_of(record: dict) -> str:
+    from localrules.run import control_suffix
+
     label = record.get("rule_label") or record["rule"]
-    rule_cfg = (record.get("config") or {}).get("rule") or {}
-    if rule_cfg.get("plasticity") == "none" and "(" not in label:  # records written before run.rule_label knew it
-        label = f"{label}(plasticity=none)"
-    return label
+    suffix = control_suffix(((record.get("config") or {}).get("rule") or {}).get("plasticity"))
+    return label if label.endswith(suffix) else label + suffix  # records written before rule_label knew it
 
 
 def _pct(x: float) -> str:
@@ -230,8 +230,10 @@ def results_block(records: list[dict], invocation: str) -> str:
                 row += [_pm(m, s) + ("" if r.get("status", "ok") == "ok" else f" ({r['status']})"), vs]
             row += [flops, _fmt(r.get("wall_s"), ".0f"), machine_of(r), _date(r), cmd]
             lines.append("| " + " | ".join(_md_escape(x) if i < len(row) - 1 else x for i, x in enumerate(row)) + " |")
+        from localrules.run import control_suffix
+
         for r in recs:  # a learned rule against its own random-frozen-features control in the same sweep
-            control = next((x for x in recs if label_of(x) == f"{label_of(r)}(plasticity=none)"
+            control = next((x for x in recs if label_of(x) == label_of(r) + control_suffix("none")
                             and x.get("arch") == r.get("arch")), None)
             if control is not None:
                 (m, _), (cm, _) = score(r), score(control)

@@ -598,9 +598,13 @@ def rule_label(rule_cfg) -> str:
     name = rules_registry.name_of(rule_cfg)
     if name == "compose":
         return f"compose({rules_registry.name_of(rule_cfg.hidden_rule)}+{rules_registry.name_of(rule_cfg.head_rule)})"
-    if getattr(rule_cfg, "plasticity", None) == "none":  # SoftHebb's random-frozen-features control
-        return f"{name}(plasticity=none)"
-    return name
+    return name + control_suffix(getattr(rule_cfg, "plasticity", None))
+
+
+def control_suffix(plasticity) -> str:
+    """``(plasticity=none)`` for a rule run with its plasticity off (SoftHebb's random-frozen-features control),
+    else ``""``: the label part that keeps the control apart from the rule in tables (also for records' dicts)."""
+    return "(plasticity=none)" if plasticity == "none" else ""
 
 
 def _hparams(cfg: RunConfig, b: Built) -> dict:

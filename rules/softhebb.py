@@ -60,10 +60,9 @@ Deviations, each with its reason:
     on the full 32×32×6 canvas costs 2.4 ms of CPU per training sample (4.6 ms before this version's speed-ups):
     about an hour for the curriculum, which must finish in under 5 minutes. The choice among cheap variants
     (wider, larger kernels, pooled, other Triangle powers, a Triangle MLP on a 4×-pooled canvas) is tabulated at
-    ``CURRICULUM``. Measured on the shared 2-core CPU (2026-12-03, fresh process, compile included),
-    ``/usr/bin/time -v python -m localrules.sweep rule=softhebb``: user 316.0 s, sys 33.8 s, i.e. (user + sys)/2
-    = 175 s as the quiet 2-core wall time (255 s wall on the lightly shared machine); S1 graduated at 2,400
-    samples, S5 at 33,600, S2/S3/S4/S6 not (final 0.63/0.46/0.65/0.25), ACC 0.197, BWT −0.54. Not the lab's
+    ``CURRICULUM``. Measured from a fresh venv on the quiet 2-core CPU (2026-12-03, fresh process, compile
+    included), ``/usr/bin/time -v python -m localrules.sweep rule=softhebb``: 4 min 10 s wall (user 324.7 s,
+    sys 33.6 s); S1 graduated at 2,400 samples, S5 at 33,600, S2/S3/S4/S6 not (final 0.63/0.46/0.65/0.25), ACC 0.197, BWT −0.54. Not the lab's
     ReLU MLP: there the anti-Hebbian non-winners are pushed below zero and ReLU silences them, so the features
     are worse than random ones (prototypes: 0.52 vs 0.90); the Triangle keeps the above-mean units active.
   * The winner of the soft WTA is every neuron at its row's maximum, not ``argmax`` (3× cheaper on XLA:CPU):
