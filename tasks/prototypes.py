@@ -38,6 +38,11 @@ class Config:
 
 @functools.lru_cache(maxsize=8)
 def prototypes(classes: int, size: int, blobs: int):
+    with jax.ensure_compile_time_eval():  # cached: must be a concrete array even if first asked for inside a trace
+        return _prototypes(classes, size, blobs)
+
+
+def _prototypes(classes: int, size: int, blobs: int):
     k = jax.random.PRNGKey(424242)
     kc, ks, kw = jax.random.split(k, 3)
     centres = jax.random.uniform(kc, (classes, blobs, 2), minval=2.0, maxval=size - 2.0)
@@ -50,17 +55,28 @@ def prototypes(classes: int, size: int, blobs: int):
     return img  # (classes, size, size) in [-1, 1]
 
 
+@functools.lru_cache(maxsize=8)
+def shifted_prototypes(classes: int, size: int, blobs: int, shift: int):
+    """``table[(dy + shift)·(2·shift + 1) + (dx + shift), c]`` = prototype ``c`` rolled by (dy, dx) pixels."""
+    with jax.ensure_compile_time_eval():  # a concrete constant even if first asked for inside a trace
+        protos = prototypes(classes, size, blobs)
+        shifts = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+        return jnp.stack([jnp.roll(protos, (dy, dx), axis=(1, 2)) for dy, dx in shifts])
+
+
 def _draw(cfg: Config, key, n):
-    protos = prototypes(cfg.classes, cfg.size, cfg.blobs)
     ky, ks, kc, kn = jax.random.split(key, 4)
     y = jax.random.randint(ky, (n,), 0, cfg.classes)
     sh = jax.random.randint(ks, (n, 2), -cfg.shift, cfg.shift + 1)
     contrast = jax.random.uniform(kc, (n, 1, 1), minval=0.6, maxval=1.0)
 
-    def shift_one(img, s):
-        return jnp.roll(jnp.roll(img, s[0], axis=0), s[1], axis=1)
-
-    x = jax.vmap(shift_one)(protos[y], sh) * contrast + cfg.noise * jax.random.normal(kn, (n, cfg.size, cfg.size))
+    # Every circular shift of every prototype is a constant table, so a sample is one contiguous row gather:
+    # the same values as rolling each image by its traced shift, which XLA:CPU lowers to a per-pixel gather
+    # (1.3 ms of a 4.3 ms seeds-bench step for 100 images before this table).
+    table = shifted_prototypes(cfg.classes, cfg.size, cfg.blobs, cfg.shift)
+    side = 2 * cfg.shift + 1
+    x = table[(sh[:, 0] + cfg.shift) * side + (sh[:, 1] + cfg.shift), y]
+    x = x * contrast + cfg.noise * jax.random.normal(kn, (n, cfg.size, cfg.size))
     return core.Batch(x[..., None].astype(jnp.float32), y[:, None].astype(jnp.int32))
 
 

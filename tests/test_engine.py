@@ -83,3 +83,25 @@ def test_a_chunk_compiles_once_for_all_chunks_of_the_same_length():
         state, _ = chunk(state, b.task.data, seeds, 4)
     assert len(traces) == 1
     assert int(state.step[0]) == 12
+
+
+def test_prototypes_samples_are_the_class_prototype_rolled_by_the_drawn_shift():
+    """The generator gathers rows of a constant table of shifted prototypes (fast on CPU); each sample must be
+    exactly its class prototype rolled by the shift the key draws, and the cached constants must be concrete even
+    when first asked for inside a jit trace."""
+    from localrules.tasks import prototypes as P
+
+    cfg = P.Config(classes=4, size=9, blobs=3, shift=2, noise=0.0)
+    P.prototypes.cache_clear()
+    P.shifted_prototypes.cache_clear()
+    key = jax.random.PRNGKey(3)
+    batch = jax.jit(lambda k: P._draw(cfg, k, 64))(key)  # first use inside a trace: no leaked tracer
+    protos = np.asarray(P.prototypes(cfg.classes, cfg.size, cfg.blobs))
+    ky, ks, kc, _ = jax.random.split(key, 4)
+    y = np.asarray(jax.random.randint(ky, (64,), 0, cfg.classes))
+    sh = np.asarray(jax.random.randint(ks, (64, 2), -cfg.shift, cfg.shift + 1))
+    contrast = np.asarray(jax.random.uniform(kc, (64, 1, 1), minval=0.6, maxval=1.0))
+    want = np.stack([np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(y, sh)]) * contrast
+    assert len({tuple(s) for s in sh}) > 10  # many different shifts exercised
+    np.testing.assert_allclose(np.asarray(batch.x)[..., 0], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(batch.y)[:, 0], y)
