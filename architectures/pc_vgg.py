@@ -13,20 +13,15 @@ flatten → one linear layer over all heads. Predictive coding puts one value no
 NHWC instead of PCX's NCHW (same maths). Weights and biases U(±1/√fan_in) (equinox/PyTorch defaults, as in PCX).
 Frames (B, F, H, W, C) are stacked as channels, as the lab's ``cnn`` does.
 
-**Speed.** The convs differentiate with respect to their input through an explicitly flipped, in/out-swapped HWIO
-kernel (:func:`conv3x3`, a ``custom_vjp``; the same products as JAX's own transpose rule). JAX's rule hands XLA a
-reversed kernel with swapped in/out dims; outside a loop XLA:CPU rewrites that into its fast convolution, but inside
-a ``lax.scan`` body — predictive coding's inference — it does not, and the input-gradient convolutions ran about 5×
-slower (measured: ``docs/compute.md``).
+**Speed.** The convs are the lab's ``conv`` layers, whose stride-1 VJP (:func:`localrules.architectures.conv2d`)
+XLA:CPU runs fast inside a ``lax.scan`` body — predictive coding's inference — where JAX's own transpose rule ran
+about 5× slower for input gradients and far slower for kernel gradients (measured: ``docs/compute.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import jax
-import jax.numpy as jnp
 
 from localrules.architectures import Arch, ArchSpec, conv, dense, flatten, frames_to_channels, pool
 from localrules.architectures.pc_mlp import pc_activation, torch_init, with_activation
@@ -39,54 +34,9 @@ LAYOUTS = {
 }
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x, w, padding: str):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_explicit_transpose(x, w, padding: str):
-    """Stride-1 NHWC/HWIO convolution whose input gradient is a plain convolution of the cotangent with the
-    flipped, in/out-swapped kernel (padding k − 1 − p) and whose kernel gradient is a convolution of the transposed
-    input with the transposed cotangent, so that XLA sees canonical operands in every context."""
-    return _conv(x, w, padding)
-
-
-def _fwd(x, w, padding):
-    return _conv(x, w, padding), (x, w)
-
-
-def _bwd(padding, res, g):
-    x, w = res
-    k = w.shape[0]
-    p = (k - 1) // 2 if padding == "SAME" else 0
-    wt = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-    dx = jax.lax.conv_general_dilated(g, wt, (1, 1), [(k - 1 - p, k - 1 - p)] * 2, dimension_numbers=_DN)
-    # ∂/∂w: a convolution of the input (channels as batch) with the cotangent (batch as input channels), operands
-    # transposed explicitly for the same reason (iPC differentiates w inside its scan)
-    xt = jnp.transpose(x, (3, 1, 2, 0))
-    gt = jnp.transpose(g, (1, 2, 0, 3))
-    dw = jnp.transpose(jax.lax.conv_general_dilated(xt, gt, (1, 1), [(p, p)] * 2, dimension_numbers=_DN), (1, 2, 0, 3))
-    return dx, dw
-
-
-conv_explicit_transpose.defvjp(_fwd, _bwd)
-
-
 def conv3x3(c_in: int, c_out: int, padding: str):
-    """The lab's linear 3×3 stride-1 ``conv`` layer (same init, meta and parameters) on
-    :func:`conv_explicit_transpose`."""
-    base = conv(c_in, c_out, 3, "linear", padding=padding, init="he_uniform")
-
-    def apply_fn(p, x):
-        pre = conv_explicit_transpose(x, p["w"], padding)
-        if "b" in p:
-            pre = pre + p["b"][None, None, None, :]
-        return pre, pre
-
-    return base._replace(apply=apply_fn)
+    """The lab's linear 3×3 stride-1 ``conv`` layer with PCX's padding (1 → SAME, 0 → VALID)."""
+    return conv(c_in, c_out, 3, "linear", padding=padding, init="he_uniform")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,3 +105,4 @@ def test_prototypes_samples_are_the_class_prototype_rolled_by_the_drawn_shift():
     assert len({tuple(s) for s in sh}) > 10  # many different shifts exercised
     np.testing.assert_allclose(np.asarray(batch.x)[..., 0], want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(batch.y)[:, 0], y)
+
