@@ -76,6 +76,28 @@ def compile_step(program, args, compiler_options: dict | None = None):
     return compiled, t1 - t0, time.perf_counter() - t1
 
 
+#: Steps per timed call of the scanned step (timings and the bench).
+SCAN_STEPS = 10
+
+
+def compile_scanned_step(program, args, steps: int):
+    """``jax.jit`` of ``steps`` update steps in one ``lax.scan`` on the batch of ``args`` (the step key folded with
+    the step index), compiled ahead of time: the step in the context the lab trains it in (a training chunk is a
+    scan). XLA:CPU compiles some ops differently inside a loop body — a conv's JAX-transposed kernel gradient ran
+    ~50× slower there than in a single call (docs/compute.md, section 5) — so a single-call timing can hide what
+    training costs."""
+
+    def run(params, opt_state, rule_state, batch, key):
+        def body(carry, t):
+            p, o, r = carry
+            p, o, r, _ = program.step(p, o, r, batch, jax.random.fold_in(key, t))
+            return (p, o, r), None
+
+        return jax.lax.scan(body, (params, opt_state, rule_state), jnp.arange(steps))[0]
+
+    return jax.jit(run).lower(*args).compile()
+
+
 def time_compiled(compiled, args, repeats: int) -> dict:
     """Median wall time of ``repeats`` calls after one warm-up call, each blocked on its whole output."""
     jax.block_until_ready(compiled(*args))
@@ -125,14 +147,18 @@ def step_cost(program, seed: int, data, repeats: int = 20) -> dict:
     """FLOPs/bytes/memory of one compiled update step of one seed, plus compile and median step time.
 
     Returns a dict with ``flops``, ``bytes``, ``peak_bytes``, ``lower_s``, ``compile_s`` and (when
-    ``repeats > 0``) ``step_ms`` (median), ``step_ms_all`` (list) and ``gflops`` (achieved GFLOP/s).
+    ``repeats > 0``) ``step_ms`` (median), ``step_ms_all`` (list) and ``gflops`` (achieved GFLOP/s). The time is
+    of the step as training runs it, inside a ``lax.scan`` (:func:`compile_scanned_step`): ``repeats`` steps in
+    calls of :data:`SCAN_STEPS`, each call's time per step one sample of the median.
     """
     args = step_args(program, seed, data)
     compiled, lower_s, compile_s = compile_step(program, args)
     out = compiled_cost(compiled)
     out.update(lower_s=lower_s, compile_s=compile_s)
     if repeats > 0:
-        out.update(time_compiled(compiled, args, repeats))
+        n = min(SCAN_STEPS, repeats)
+        t = time_compiled(compile_scanned_step(program, args, n), args, max(3, -(-repeats // n)))
+        out.update(step_ms=t["step_ms"] / n, step_ms_all=[x / n for x in t["step_ms_all"]], scan_steps=n)
         med = out["step_ms"]
         out["gflops"] = out["flops"] / (med * 1e-3) / 1e9 if med > 0 else 0.0
     return out
@@ -160,24 +186,35 @@ def matmul_peak(n: int = 1024, repeats: int = 20, dtype=jnp.float32) -> dict:
     return {"n": n, "ms": med * 1e3, "gflops": 2 * n**3 / med / 1e9}
 
 
-def time_against_peak(compiled, args, repeats: int, n: int = 1024) -> dict:
+def time_against_peak(compiled, args, repeats: int, n: int = 1024, scanned=None) -> dict:
     """Median step time and the matmul peak measured *interleaved* with it (step, matmul, step, matmul, ...), so
     that on a machine whose load changes both medians see the same conditions and their ratio stays meaningful.
+    ``scanned=(program, steps)`` (from :func:`compile_scanned_step`) is timed in the same round robin.
 
-    Returns ``step_ms``, ``step_ms_all`` and ``peak`` (as :func:`matmul_peak`)."""
+    Returns ``step_ms``, ``step_ms_all``, ``peak`` (as :func:`matmul_peak`) and, with ``scanned``,
+    ``scan_step_ms`` (median scan time / steps) and ``scan_step_ms_all``."""
     f, mm_args = matmul_program(n)
     jax.block_until_ready(compiled(*args))
-    steps, mms = [], []
+    if scanned is not None:
+        jax.block_until_ready(scanned[0](*args))
+    steps, scans, mms = [], [], []
     for _ in range(repeats):
         s = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         steps.append((time.perf_counter() - s) * 1e3)
+        if scanned is not None:
+            s = time.perf_counter()
+            jax.block_until_ready(scanned[0](*args))
+            scans.append((time.perf_counter() - s) * 1e3 / scanned[1])
         s = time.perf_counter()
         jax.block_until_ready(f(*mm_args))
         mms.append(time.perf_counter() - s)
     med = statistics.median(mms)
-    return {"step_ms": statistics.median(steps), "step_ms_all": steps,
-            "peak": {"n": n, "ms": med * 1e3, "gflops": 2 * n**3 / med / 1e9}}
+    out = {"step_ms": statistics.median(steps), "step_ms_all": steps,
+           "peak": {"n": n, "ms": med * 1e3, "gflops": 2 * n**3 / med / 1e9}}
+    if scanned is not None:
+        out.update(scan_step_ms=statistics.median(scans), scan_step_ms_all=scans)
+    return out
 
 
 def mlp_backprop_flops(dims: list[int], batch: int) -> float:
