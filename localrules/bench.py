@@ -260,6 +260,46 @@ def seeds_scaling(tokens: list[str], counts, steps: int, repeats: int) -> list[d
     return out
 
 
+def matmul_seeds_scaling(dims: list[int], batch: int, counts, steps: int, repeats: int) -> list[dict]:
+    """The ceiling of the seeds table: time per seed-step of backprop's matmuls alone (per layer the forward
+    ``x @ W``, the weight gradient ``xᵀ @ δ`` and, above the first layer, the input gradient ``δ @ Wᵀ``) on an MLP of
+    widths ``dims`` at ``batch``, with S vmapped seeds (batched matmuls, one weight set per seed) in a ``steps``-step
+    ``lax.scan``, relative to 1 seed. No rule's step can batch better than its matmuls do: the elementwise and
+    optimizer work around them is memory-bound and scales with S."""
+    def one_seed(ws, x):
+        def body(c, _):
+            h, acc = x + c, 0.0
+            for i, w in enumerate(ws):
+                y = h @ w
+                acc = acc + jnp.sum(h.T @ y)  # weight-gradient shape (D_in, D_out)
+                if i:
+                    acc = acc + jnp.sum(y @ w.T)  # input-gradient shape (B, D_in)
+                h = jnp.tanh(y) if i < len(ws) - 1 else y
+            return c + 1e-30 * acc, None
+
+        return jax.lax.scan(body, jnp.zeros((), jnp.float32), None, length=steps)[0]
+
+    progs = []
+    for s in counts:
+        keys = jax.random.split(jax.random.PRNGKey(0), len(dims))
+        ws = [jax.random.normal(k, (s, a, b)) / a ** 0.5 for k, a, b in zip(keys, dims[:-1], dims[1:])]
+        x = jax.random.normal(keys[-1], (s, batch, dims[0]))
+        f = jax.jit(jax.vmap(one_seed)).lower(ws, x).compile()
+        jax.block_until_ready(f(ws, x))
+        progs.append((s, f, (ws, x), []))
+    for _ in range(max(3, repeats // 4)):
+        for s, f, args, times in progs:
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(time.perf_counter() - t0)
+    flops = sum(2 * batch * a * b * (3 if i else 2) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])))
+    out = [{"seeds": s, "ms_per_seed_step": statistics.median(t) / (steps * s) * 1e3} for s, _, _, t in progs]
+    for r in out:
+        r["ratio_vs_1"] = r["ms_per_seed_step"] / out[0]["ms_per_seed_step"]
+        r["gflops"] = flops / (r["ms_per_seed_step"] * 1e-3) / 1e9
+    return out
+
+
 def hebbian_epoch(opts: dict, matmul_n: int = 1024) -> dict:
     """One Hebbian epoch of SoftHebb's conv block over random 28×28 images, as one jitted scan of training steps."""
     from localrules.rules.softhebb import micro_batch
@@ -496,6 +536,20 @@ def run(argv: list[str]) -> dict:
             report["scaling"][r] = {"tokens": toks, "rows": rs, "ok": at <= 0.5}
             out(f"| {r} | " + " | ".join(f"{x['ratio_vs_1']:.2f}" for x in rs) +
                 f" | {rs[0]['ms_per_seed_step']:.3f} | {'PASS' if at <= 0.5 else 'FAIL'} |")
+        dims = [int(opts["size"]) ** 2, *_ints(opts, "scaling_hidden"), 10]
+        rs = matmul_seeds_scaling(dims, batch, counts, steps, repeats)
+        report["scaling"]["_matmuls_only"] = {"dims": dims, "rows": rs}
+        out("| *ceiling: backprop's matmuls alone* | " + " | ".join(f"{x['ratio_vs_1']:.2f}" for x in rs) +
+            f" | {rs[0]['ms_per_seed_step']:.3f} | – |")
+        out()
+        peak_now = cost.matmul_peak(_int(opts, "matmul_n"), repeats)["gflops"]
+        out("The ceiling row times only the matmuls of a backprop step on the same widths and batch (forward, weight "
+            "and input gradients; one weight set per seed, so S seeds are S-batched matmuls): how much cheaper per "
+            f"seed the machine's matmul kernels get when batched. At 1 seed they already run at {rs[0]['gflops']:.0f} "
+            f"GFLOP/s ({100 * rs[0]['gflops'] / peak_now:.0f} % of the {peak_now:.0f} GFLOP/s matmul peak measured "
+            f"right after), at {target} seeds at {next(x for x in rs if x['seeds'] == target)['gflops']:.0f}. A "
+            "ratio of 0.5 would need batched kernels twice as fast per seed as single ones; a rule's elementwise and "
+            "optimizer work is memory-bound and scales with S, so its ratio sits at or above this row's.")
         out()
 
     if sections["memory"]:

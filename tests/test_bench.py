@@ -30,6 +30,7 @@ def test_the_bench_runs_end_to_end_and_replaces_the_readme_block(tmp_path):
     rows = {r["rule"]: r for r in report["rules"]}
     bp, meta = rows["backprop"], rows["meta_learned"]
     assert bp["arch"] == "cnn_2" and bp["flops"] > 0 and bp["step_ms"] > 0 and bp["peak_bytes"] > 0
+    assert bp["call_ms"] > 0 and len(bp["step_ms_all"]) == 2  # in-scan step time and the single call's, both kept
     assert bp["compile_ok"] == (bp["compile_s"] <= 10)
     # efficiency against the matmul timed interleaved with this row's own steps, not against the start's
     assert abs(bp["pct_peak"] - 100 * bp["gflops"] / bp["peak"]["gflops"]) < 1e-9 and bp["peak"]["n"] == 32
@@ -92,3 +93,11 @@ def test_rules_that_need_their_own_architecture_get_it_and_rule_args_override_it
     cfg = bench.make_config(toks)
     assert type(cfg.arch).__name__ == "MLPConfig" and tuple(cfg.arch.hidden) == (64,) and cfg.task.noise == 0.1
     assert bench.make_config(bench.row_tokens("softhebb", "cnn", opts, {})[0]).arch.channels == (32, 64)
+
+
+def test_the_seeds_ceiling_times_batched_matmuls_per_seed_step():
+    rows = bench.matmul_seeds_scaling([6, 5, 3], batch=4, counts=[1, 3], steps=2, repeats=1)
+    assert [r["seeds"] for r in rows] == [1, 3] and rows[0]["ratio_vs_1"] == 1.0
+    assert all(r["ms_per_seed_step"] > 0 and r["gflops"] > 0 for r in rows)
+    # forward + weight gradient everywhere, input gradient above the first layer: 2·B·(2·6·5 + 3·5·3) FLOPs
+    assert abs(rows[0]["gflops"] * rows[0]["ms_per_seed_step"] * 1e6 - 2 * 4 * (2 * 30 + 3 * 15)) < 1e-3
