@@ -84,7 +84,7 @@ def compile_scanned_step(program, args, steps: int):
     """``jax.jit`` of ``steps`` update steps in one ``lax.scan`` on the batch of ``args`` (the step key folded with
     the step index), compiled ahead of time: the step in the context the lab trains it in (a training chunk is a
     scan). XLA:CPU compiles some ops differently inside a loop body — a conv's JAX-transposed kernel gradient ran
-    ~50× slower there than in a single call (docs/compute.md, section 5) — so a single-call timing can hide what
+    ~50× slower there than in a single call (docs/compute.md, section 4) — so a single-call timing can hide what
     training costs."""
 
     def run(params, opt_state, rule_state, batch, key):

@@ -1,5 +1,5 @@
 """Architecture building blocks: the lab's convolution and pooling layers differentiate exactly like JAX's own rules
-(their VJPs are hand-written or reformulated for speed on XLA:CPU: docs/compute.md, section 5)."""
+(their VJPs are hand-written or reformulated for speed on XLA:CPU: docs/compute.md, section 4)."""
 
 import jax
 import jax.numpy as jnp
