@@ -548,8 +548,9 @@ def run(argv: list[str]) -> dict:
             f"seed the machine's matmul kernels get when batched. At 1 seed they already run at {rs[0]['gflops']:.0f} "
             f"GFLOP/s ({100 * rs[0]['gflops'] / peak_now:.0f} % of the {peak_now:.0f} GFLOP/s matmul peak measured "
             f"right after), at {target} seeds at {next(x for x in rs if x['seeds'] == target)['gflops']:.0f}. A "
-            "ratio of 0.5 would need batched kernels twice as fast per seed as single ones; a rule's elementwise and "
-            "optimizer work is memory-bound and scales with S, so its ratio sits at or above this row's.")
+            "ratio of 0.5 would need batched kernels twice as fast per seed as single ones. A rule's step can do "
+            "somewhat better than this row only through the per-op dispatch it amortises; its elementwise and "
+            "optimizer work is memory-bound and scales with S.")
         out()
 
     if sections["memory"]:
