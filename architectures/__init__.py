@@ -188,8 +188,7 @@ def _conv_s1_bwd(pads, res, g):
     dx = jax.lax.conv_general_dilated(g, wt, (1, 1), ((kh - 1 - lh, kh - 1 - hh), (kw - 1 - lw, kw - 1 - hw)),
                                       dimension_numbers=_DN)
     b, ho, wo, _ = g.shape
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lh, hh, 0), (lw, hw, 0), (0, 0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    patches = _unfold_s1(x, kh, kw, pads)
     n = b * ho * wo
     split = 2 if n % 2 == 0 else 1  # two independent halves: XLA:CPU runs a long-contraction matmul on one thread
     dw = jnp.einsum("snk,sno->sko", patches.reshape(split, n // split, kh * kw * c), g.reshape(split, n // split, o))
@@ -197,6 +196,16 @@ def _conv_s1_bwd(pads, res, g):
 
 
 _conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
+
+
+def _unfold_s1(x: jax.Array, kh: int, kw: int, pads) -> jax.Array:
+    """Stride-1 patches (B, H', W', kh·kw·C), features in (kh, kw, C) order, from kh·kw slices of the zero-padded
+    input (data movement only; ``conv_general_dilated_patches`` is a convolution with an identity kernel, several
+    times slower on XLA:CPU inside a scan)."""
+    (lh, hh), (lw, hw) = pads
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lh, hh, 0), (lw, hw, 0), (0, 0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    return jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
 def conv(c_in: int, c_out: int, k: int, act: str = "relu", stride: int = 1, padding: str = "SAME",
@@ -221,6 +230,10 @@ def conv(c_in: int, c_out: int, k: int, act: str = "relu", stride: int = 1, padd
 
 def conv_patches(x: jax.Array, k: int, stride: int = 1, padding: str = "SAME") -> jax.Array:
     """Unfolded patches (B, H', W', k·k·C) in the (kh, kw, C) order of an HWIO kernel reshaped to (k·k·C, C_out)."""
+    if stride == 1:
+        pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (1, 1),
+                                                                                    padding)
+        return _unfold_s1(x, k, k, pads)
     c = x.shape[-1]
     p = jax.lax.conv_general_dilated_patches(x, (k, k), (stride, stride), padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -40,3 +40,15 @@ def test_pool_values_and_gradients_equal_reduce_window(kind, window, stride, siz
     g = jax.random.normal(jax.random.PRNGKey(1), y.shape)
     np.testing.assert_allclose(np.asarray(y), np.asarray(yr), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(vj(g)[0]), np.asarray(vjr(g)[0]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, "SAME"), (5, 1, "VALID"), (2, 1, "SAME"), (3, 2, "SAME")])
+def test_conv_patches_times_the_kernel_is_the_convolution(k, stride, padding):
+    """The unfolded patches a Hebbian rule reads (slices for stride 1, XLA's patches op otherwise), in HWIO order."""
+    from localrules.architectures import conv_patches
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 4))
+    want = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = conv_patches(x, k, stride, padding) @ w.reshape(-1, 4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
