@@ -158,9 +158,14 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME") -> jax.A
     whose VJP XLA:CPU runs fast inside ``lax.scan`` as well as outside; other strides use JAX's own rule."""
     if stride != 1:
         return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DN)
-    pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (1, 1),
+    return _conv_s1(x, w, _s1_pads(x, w.shape[0], w.shape[1], padding))
+
+
+def _s1_pads(x, kh: int, kw: int, padding) -> tuple:
+    """((lo, hi), (lo, hi)) of a stride-1 convolution: "SAME" / "VALID" resolved for ``x``, or explicit pairs."""
+    pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1),
                                                                                 padding)
-    return _conv_s1(x, w, tuple((int(lo), int(hi)) for lo, hi in pads))
+    return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -231,9 +236,7 @@ def conv(c_in: int, c_out: int, k: int, act: str = "relu", stride: int = 1, padd
 def conv_patches(x: jax.Array, k: int, stride: int = 1, padding: str = "SAME") -> jax.Array:
     """Unfolded patches (B, H', W', k·k·C) in the (kh, kw, C) order of an HWIO kernel reshaped to (k·k·C, C_out)."""
     if stride == 1:
-        pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (1, 1),
-                                                                                    padding)
-        return _unfold_s1(x, k, k, pads)
+        return _unfold_s1(x, k, k, _s1_pads(x, k, k, padding))
     c = x.shape[-1]
     p = jax.lax.conv_general_dilated_patches(x, (k, k), (stride, stride), padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 from localrules.architectures import Arch, ArchSpec, conv, dense, flatten, frames_to_channels, pool
 from localrules.architectures.pc_mlp import pc_activation, torch_init, with_activation
 

@@ -55,6 +55,10 @@ def _prototypes(classes: int, size: int, blobs: int):
     return img  # (classes, size, size) in [-1, 1]
 
 
+#: Largest table of shifted prototypes embedded as a constant (the default 10 classes × 25 shifts × 28² is 0.8 MB).
+TABLE_LIMIT_BYTES = 32 * 2**20
+
+
 @functools.lru_cache(maxsize=8)
 def shifted_prototypes(classes: int, size: int, blobs: int, shift: int):
     """``table[(dy + shift)·(2·shift + 1) + (dx + shift), c]`` = prototype ``c`` rolled by (dy, dx) pixels."""
@@ -70,12 +74,16 @@ def _draw(cfg: Config, key, n):
     sh = jax.random.randint(ks, (n, 2), -cfg.shift, cfg.shift + 1)
     contrast = jax.random.uniform(kc, (n, 1, 1), minval=0.6, maxval=1.0)
 
-    # Every circular shift of every prototype is a constant table, so a sample is one contiguous row gather:
-    # the same values as rolling each image by its traced shift, which XLA:CPU lowers to a per-pixel gather
-    # (1.3 ms of a 4.3 ms seeds-bench step for 100 images before this table).
-    table = shifted_prototypes(cfg.classes, cfg.size, cfg.blobs, cfg.shift)
     side = 2 * cfg.shift + 1
-    x = table[(sh[:, 0] + cfg.shift) * side + (sh[:, 1] + cfg.shift), y]
+    if side * side * cfg.classes * cfg.size * cfg.size * 4 <= TABLE_LIMIT_BYTES:
+        # Every circular shift of every prototype is a constant table, so a sample is one contiguous row gather:
+        # the same values as rolling each image by its traced shift, which XLA:CPU lowers to a per-pixel gather
+        # (1.3 ms of a 4.3 ms seeds-bench step for 100 images before this table).
+        table = shifted_prototypes(cfg.classes, cfg.size, cfg.blobs, cfg.shift)
+        x = table[(sh[:, 0] + cfg.shift) * side + (sh[:, 1] + cfg.shift), y]
+    else:  # a table too large to embed as a constant: roll each image
+        protos = prototypes(cfg.classes, cfg.size, cfg.blobs)
+        x = jax.vmap(lambda img, s: jnp.roll(img, (s[0], s[1]), axis=(0, 1)))(protos[y], sh)
     x = x * contrast + cfg.noise * jax.random.normal(kn, (n, cfg.size, cfg.size))
     return core.Batch(x[..., None].astype(jnp.float32), y[:, None].astype(jnp.int32))
 

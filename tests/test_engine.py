@@ -5,6 +5,7 @@ the others continue."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.helpers import tiny_build
 
@@ -85,13 +86,16 @@ def test_a_chunk_compiles_once_for_all_chunks_of_the_same_length():
     assert int(state.step[0]) == 12
 
 
-def test_prototypes_samples_are_the_class_prototype_rolled_by_the_drawn_shift():
+@pytest.mark.parametrize("table", [True, False])
+def test_prototypes_samples_are_the_class_prototype_rolled_by_the_drawn_shift(table, monkeypatch):
     """The generator gathers rows of a constant table of shifted prototypes (fast on CPU); each sample must be
     exactly its class prototype rolled by the shift the key draws, and the cached constants must be concrete even
     when first asked for inside a jit trace."""
     from localrules.tasks import prototypes as P
 
     cfg = P.Config(classes=4, size=9, blobs=3, shift=2, noise=0.0)
+    if not table:  # the per-image roll used when the table would be too large to embed
+        monkeypatch.setattr(P, "TABLE_LIMIT_BYTES", 0)
     P.prototypes.cache_clear()
     P.shifted_prototypes.cache_clear()
     key = jax.random.PRNGKey(3)
